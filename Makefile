@@ -1,0 +1,41 @@
+# Two entry points, both usable on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ENV_FILE ?= dev.env
+
+.PHONY: run test lint types unit bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,fast]'
+	touch $@
+
+# A development env file with a random webhook secret, made once and never overwritten.
+$(ENV_FILE):
+	umask 077 && printf 'SMTP_WHITELIST_WEBHOOK_SECRET=%s\n' \
+		"$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))')" > $(ENV_FILE)
+	@echo "made $(ENV_FILE) with a random SMTP_WHITELIST_WEBHOOK_SECRET (edit it to change settings)"
+
+run: $(BIN)/.installed $(ENV_FILE)
+	@echo "settings: $(abspath $(ENV_FILE)); policy server on 127.0.0.1:10031, webhook on 127.0.0.1:10032"
+	$(BIN)/smtp-whitelist --env-file $(ENV_FILE) serve
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: $(BIN)/.installed
+	$(BIN)/mypy
+
+unit: $(BIN)/.installed
+	$(BIN)/pytest
+
+test: lint types unit
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,309 @@
+"""Every setting of the service, read once at start-up (and again on SIGHUP).
+
+The settings live here because ``ratelimit`` is the one package that both servers and the CLI
+already depend on. Values come from the environment (prefix ``SMTP_WHITELIST_``) or an env file;
+a bad value becomes one plain line naming the setting (:func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from dotenv import dotenv_values
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ratelimit.addresses import IPNetwork, parse_networks
+from ratelimit.limits import Limit, parse_limits
+
+ENV_PREFIX = "SMTP_WHITELIST_"
+
+# HMAC-SHA256 keys shorter than this are guessable by brute force; 32 random characters carry
+# well over the 128 bits the campus portal needs.
+MIN_SECRET_LENGTH = 32
+
+DEFAULT_LIMIT_REPLY = (
+    "450 4.7.1 Too much mail from {ip}: the limit is {limit} per {window}."
+    " To send more for the next 60 minutes, register this computer at the campus portal"
+    " (SMTP White IP List)."
+)
+
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_:.\-]{1,32}$")
+
+
+class SettingsError(Exception):
+    """Invalid settings: one line per problem, each naming its setting."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """One address to listen on: TCP ``host:port``/``[v6]:port`` or ``unix:/path``."""
+
+    host: str | None
+    port: int | None
+    path: str | None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        if self.host is not None and ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def parse_listen(text: str) -> tuple[ListenAddress, ...]:
+    """Parse ``127.0.0.1:10031,[::1]:10031,unix:/run/x.sock``. Raises ValueError."""
+    found: list[ListenAddress] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("unix:"):
+            path = item[len("unix:") :]
+            if not path.startswith("/"):
+                raise ValueError(f"{item!r}: a UNIX socket path must be absolute")
+            found.append(ListenAddress(None, None, path))
+            continue
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", item)
+        if match is None:
+            raise ValueError(f"{item!r} is not host:port, [v6addr]:port or unix:/path")
+        host = match.group(1) or match.group(3)
+        port = int(match.group(2) or match.group(4))
+        if match.group(1):
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(f"{item!r}: {host!r} is not an IPv6 address") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"{item!r}: port must be 1 to 65535")
+        found.append(ListenAddress(host, port, None))
+    if not found:
+        raise ValueError("at least one address is needed")
+    return tuple(found)
+
+
+def _parse_eligible(text: str) -> frozenset[tuple[str, str]]:
+    pairs: set[tuple[str, str]] = set()
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        role, sep, status = item.partition(":")
+        if not sep or not role.strip() or not status.strip():
+            raise ValueError(f"{item!r} is not role:status")
+        pairs.add((role.strip(), status.strip()))
+    return frozenset(pairs)
+
+
+def _check_action(value: str, name: str) -> str:
+    # A Postfix policy reply is one line: a newline would end the reply and start another.
+    if not value.strip():
+        raise ValueError(f"{name} must not be empty")
+    if any(ch in value for ch in "\r\n\0"):
+        raise ValueError(f"{name} must be one line")
+    return value.strip()
+
+
+class Settings(BaseSettings):
+    """The settings of INTERFACE.md, validated; field names are the names without the prefix."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        # Unknown names are found by _unknown_names, which knows which ones are ours.
+        extra="ignore",
+        frozen=True,
+        case_sensitive=False,
+        env_file_encoding="utf-8",
+    )
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "swl:"
+    policy_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = parse_listen(
+        "127.0.0.1:10031"
+    )
+    webhook_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = parse_listen(
+        "127.0.0.1:10032"
+    )
+    webhook_secret: SecretStr | None = None
+    whitelist_ttl: int = Field(3600, ge=1, le=7 * 86400)
+    message_limits: Annotated[tuple[Limit, ...], NoDecode] = parse_limits("100/1h")
+    recipient_limits: Annotated[tuple[Limit, ...], NoDecode] = parse_limits("1000/1h")
+    ipv4_prefix: int = Field(32, ge=8, le=32)
+    ipv6_prefix: int = Field(64, ge=16, le=128)
+    exempt_networks: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+    limit_reply: str = DEFAULT_LIMIT_REPLY
+    store_timeout: float = Field(0.5, gt=0, le=30)
+    max_connections: int = Field(1000, ge=1, le=1_000_000)
+    idle_timeout: float = Field(600, gt=0)
+    request_timeout: float = Field(10, gt=0)
+    on_store_error: str = "DUNNO"
+    allowed_networks: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+    required_ptr_suffix: str = ""
+    dns_servers: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
+    eligible: Annotated[frozenset[tuple[str, str]], NoDecode] = _parse_eligible(
+        "staff:normal,student:normal,student:resumption"
+    )
+    max_grants_per_user: int = Field(3, ge=1, le=1000)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        if not _KEY_PREFIX.match(value):
+            raise ValueError("must be 1 to 32 characters of A-Z a-z 0-9 _ : . -")
+        return value
+
+    @field_validator("policy_listen", "webhook_listen", mode="before")
+    @classmethod
+    def _listen(cls, value: object) -> object:
+        return parse_listen(value) if isinstance(value, str) else value
+
+    @field_validator("message_limits", "recipient_limits", mode="before")
+    @classmethod
+    def _limits(cls, value: object) -> object:
+        return parse_limits(value) if isinstance(value, str) else value
+
+    @field_validator("exempt_networks", "allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        return parse_networks(value) if isinstance(value, str) else value
+
+    @field_validator("eligible", mode="before")
+    @classmethod
+    def _eligible(cls, value: object) -> object:
+        return _parse_eligible(value) if isinstance(value, str) else value
+
+    @field_validator("dns_servers", mode="before")
+    @classmethod
+    def _dns_servers(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        servers: list[tuple[str, int]] = []
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            host, port = item, 53
+            match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", item)
+            if match:
+                host = match.group(1) or match.group(3)
+                port = int(match.group(2) or match.group(4))
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address (with an optional port)") from None
+            if not 0 < port < 65536:
+                raise ValueError(f"{item!r}: port must be 1 to 65535")
+            servers.append((host, port))
+        return tuple(servers)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
+        return value
+
+    @field_validator("required_ptr_suffix")
+    @classmethod
+    def _suffix(cls, value: str) -> str:
+        value = value.strip().strip(".").lower()
+        if value and not re.fullmatch(r"[a-z0-9]([a-z0-9.\-]*[a-z0-9])?", value):
+            raise ValueError("must be a domain name such as nthu.edu.tw")
+        return value
+
+    @field_validator("limit_reply")
+    @classmethod
+    def _limit_reply(cls, value: str) -> str:
+        value = _check_action(value, "the reply")
+        try:
+            value.format(ip="192.0.2.1", limit="100 messages", window="1h")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"only {{ip}}, {{limit}} and {{window}} may be filled in ({error!s})"
+            ) from None
+        return value
+
+    @field_validator("on_store_error")
+    @classmethod
+    def _on_store_error(cls, value: str) -> str:
+        return _check_action(value, "the action")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    def masked(self) -> dict[str, str]:
+        """The effective settings as an operator reads them, secrets masked."""
+        shown: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                text = "********"
+            elif name == "redis_url":
+                text = re.sub(r"//([^@/]*)@", "//********@", value)
+            elif isinstance(value, tuple | frozenset):
+                items = sorted(f"{a}:{b}" for a, b in value) if name == "eligible" else value
+                if name == "dns_servers":
+                    items = [f"{h}:{p}" for h, p in value]
+                text = ",".join(str(item) for item in items)
+            else:
+                text = "" if value is None else str(value)
+            shown[ENV_PREFIX + name.upper()] = text
+        return shown
+
+
+def load_settings(env_file: Path | None) -> Settings:
+    """Read the environment and ``env_file``; raise :class:`SettingsError` on any bad value."""
+    if env_file is not None and not env_file.is_file():
+        raise SettingsError([f"--env-file {env_file}: no such file"])
+    lines = _unknown_names(env_file)
+    try:
+        settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as error:
+        for problem in error.errors():
+            name = ENV_PREFIX + "_".join(str(part) for part in problem["loc"][:1]).upper()
+            message = problem["msg"].removeprefix("Value error, ")
+            if problem["type"] == "extra_forbidden":
+                message = "unknown setting"
+            lines.append(f"{name}: {message}")
+        raise SettingsError(lines) from None
+    if lines:
+        raise SettingsError(lines)
+    return settings
+
+
+# Names with our prefix that are not settings but are ours all the same.
+_NOT_SETTINGS = {ENV_PREFIX + "ENV_FILE"}
+
+
+def _unknown_names(env_file: Path | None) -> list[str]:
+    """A misspelt setting would otherwise be ignored in silence and the default used."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | _NOT_SETTINGS
+    names = {name.upper() for name in os.environ if name.upper().startswith(ENV_PREFIX)}
+    if env_file is not None:
+        names |= {name.upper() for name in dotenv_values(env_file) if name.upper().startswith(ENV_PREFIX)}
+    return [f"{name}: unknown setting" for name in sorted(names - known)]
