@@ -1,0 +1,1 @@
+"""The policy server for Postfix's SMTP access policy protocol, and the ``smtp-whitelist`` CLI."""

@@ -1,0 +1,99 @@
+"""The audit trail: a capped Redis stream of grants, refreshes and removals.
+
+The scripts in :mod:`ratelimit.grants` write it atomically with the change they record; this
+module reads it for ``smtp-whitelist audit``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ratelimit.store import Store
+
+# The stream is trimmed to about this many entries (XADD MAXLEN ~): at a few hundred bytes an
+# entry that is a few tens of MB at most, and years of a campus' grants.
+AUDIT_MAX_ENTRIES = 100_000
+
+# Entries read per XREVRANGE call while filtering, so a filter over a long stream never makes
+# one huge reply.
+READ_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One recorded change."""
+
+    at: datetime
+    event: str  # grant, refresh, remove
+    ip: str
+    user: str
+    role: str
+    status: str
+    source: str  # webhook, cli
+    actor: str
+    expires_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "event": self.event,
+            "ip": self.ip,
+            "user": self.user,
+            "role": self.role,
+            "status": self.status,
+            "source": self.source,
+            "actor": self.actor,
+            "expires_at": self.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if self.expires_at
+            else None,
+        }
+
+
+def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> AuditEntry:
+    text = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+    expires = text.get("expires_at", "")
+    return AuditEntry(
+        at=datetime.fromtimestamp(int(entry_id.split(b"-")[0]) / 1000, tz=UTC),
+        event=text.get("event", ""),
+        ip=text.get("ip", ""),
+        user=text.get("user", ""),
+        role=text.get("role", ""),
+        status=text.get("status", ""),
+        source=text.get("source", ""),
+        actor=text.get("actor", ""),
+        expires_at=datetime.fromtimestamp(int(expires) / 1000, tz=UTC) if expires else None,
+    )
+
+
+class AuditTrail:
+    """Reads the audit stream, newest first, with the CLI's filters."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def read(
+        self, *, ip: str | None = None, user: str | None = None, last: int = 20
+    ) -> list[AuditEntry]:
+        """The ``last`` newest entries that match, returned oldest first (as a log reads)."""
+        client, key = self.store.client, self.store.keys.audit
+
+        async def scan() -> list[AuditEntry]:
+            found: list[AuditEntry] = []
+            upper = "+"
+            while len(found) < last:
+                chunk = await client.xrevrange(key, max=upper, min="-", count=READ_CHUNK)
+                if not chunk:
+                    break
+                for entry_id, fields in chunk:
+                    entry = _entry(entry_id, fields)
+                    if (ip is None or entry.ip == ip) and (user is None or entry.user == user):
+                        found.append(entry)
+                        if len(found) == last:
+                            break
+                upper = "(" + chunk[-1][0].decode()
+            return found
+
+        entries = await self.store.call(scan)
+        return list(reversed(entries))

@@ -1,0 +1,154 @@
+"""Per-client limits: the decision for one policy request, in one atomic Redis round trip.
+
+A client is counted under its network (``IPV4_PREFIX``/``IPV6_PREFIX``); a grant is for the
+exact address. Exempt networks never reach Redis at all.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ratelimit.addresses import IPAddress, IPNetwork, client_network, in_networks
+from ratelimit.limits import Limit
+from ratelimit.settings import Settings
+from ratelimit.store import Script, Store
+
+# Postfix's recipient_count is at most smtpd_recipient_limit (1000 by default); anything far
+# beyond is a broken or hostile request, and a value that large must not reach Lua's numbers.
+MAX_RECIPIENTS = 1_000_000
+
+_DECIDE = Script("decide")
+
+
+class Outcome(enum.Enum):
+    """What the limiter decided."""
+
+    ACCEPTED = "accepted"  # within every limit (and counted, at DATA)
+    WHITELISTED = "whitelisted"  # a live grant for the exact address: not limited, not counted
+    EXEMPT = "exempt"  # in EXEMPT_NETWORKS: not limited, not counted, Redis not asked
+    LIMITED = "limited"  # a limit is reached: refuse, nothing counted
+
+
+class Counted(enum.Enum):
+    """What a limit counts."""
+
+    MESSAGES = "messages"
+    RECIPIENTS = "recipients"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A decision, with what an operator's log line needs."""
+
+    outcome: Outcome
+    network: str
+    limit: Limit | None = None
+    counted: Counted | None = None
+    used: int = 0  # what the reached limit had counted before this message
+
+
+@dataclass(frozen=True, slots=True)
+class LimitConfig:
+    """The settings a decision depends on; replaced as a whole on SIGHUP."""
+
+    message_limits: tuple[Limit, ...]
+    recipient_limits: tuple[Limit, ...]
+    ipv4_prefix: int
+    ipv6_prefix: int
+    exempt_networks: tuple[IPNetwork, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LimitConfig:
+        return cls(
+            settings.message_limits,
+            settings.recipient_limits,
+            settings.ipv4_prefix,
+            settings.ipv6_prefix,
+            settings.exempt_networks,
+        )
+
+    def script_args(self) -> list[int]:
+        """The limits as the Lua script reads them: M, M pairs, R, R pairs (windows in µs)."""
+        args = [len(self.message_limits)]
+        for limit in self.message_limits:
+            args += [limit.count, limit.window * 1_000_000]
+        args.append(len(self.recipient_limits))
+        for limit in self.recipient_limits:
+            args += [limit.count, limit.window * 1_000_000]
+        return args
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One limit and how much of it a client has used right now."""
+
+    counted: Counted
+    limit: Limit
+    used: int
+
+
+class Limiter:
+    """Decides DATA and RCPT requests for client addresses against the configured limits."""
+
+    def __init__(self, store: Store, config: LimitConfig) -> None:
+        self.store = store
+        self.config = config  # replaced whole on SIGHUP; a decision reads it once
+        self._args = config.script_args()
+
+    def reconfigure(self, config: LimitConfig) -> None:
+        """Apply new limits from the next decision on (SIGHUP)."""
+        self.config = config
+        self._args = config.script_args()
+
+    def network_of(self, address: IPAddress) -> str:
+        """The network the address is counted under, as written in keys and logs."""
+        config = self.config
+        return str(client_network(address, config.ipv4_prefix, config.ipv6_prefix))
+
+    async def count_message(self, address: IPAddress, recipients: int) -> Verdict:
+        """DATA: refuse if this message would exceed any limit, else count it. One round trip."""
+        return await self._decide(address, "count", recipients)
+
+    async def check(self, address: IPAddress) -> Verdict:
+        """RCPT: refuse when the client is already at a message limit; counts nothing."""
+        return await self._decide(address, "check", 0)
+
+    async def _decide(self, address: IPAddress, mode: str, recipients: int) -> Verdict:
+        config, args = self.config, self._args
+        network = str(client_network(address, config.ipv4_prefix, config.ipv6_prefix))
+        if in_networks(address, config.exempt_networks):
+            return Verdict(Outcome.EXEMPT, network)
+        if not config.message_limits and not config.recipient_limits:
+            return Verdict(Outcome.ACCEPTED, network)
+        keys = self.store.keys
+        recipients = min(max(recipients, 0), MAX_RECIPIENTS)
+        code, index, used = await self.store.run_script_batched(
+            _DECIDE,
+            [keys.client_log(network), keys.grant(str(address))],
+            [mode, recipients, *args],
+        )
+        if code == 0:
+            return Verdict(Outcome.ACCEPTED, network)
+        if code == 1:
+            return Verdict(Outcome.WHITELISTED, network)
+        if code == 2:
+            return Verdict(
+                Outcome.LIMITED, network, config.message_limits[index - 1], Counted.MESSAGES, used
+            )
+        return Verdict(
+            Outcome.LIMITED, network, config.recipient_limits[index - 1], Counted.RECIPIENTS, used
+        )
+
+    async def usage(self, address: IPAddress) -> list[Usage]:
+        """Every limit's current use for the client's network (``smtp-whitelist show``)."""
+        config = self.config
+        network = self.network_of(address)
+        keys = self.store.keys
+        reply = await self.store.run_script(
+            _DECIDE, [keys.client_log(network), keys.grant(str(address))], ["usage", 0, *self._args]
+        )
+        used = list(reply[1:])
+        limits = [(Counted.MESSAGES, lim) for lim in config.message_limits]
+        limits += [(Counted.RECIPIENTS, lim) for lim in config.recipient_limits]
+        return [Usage(c, lim, n) for (c, lim), n in zip(limits, used, strict=True)]

@@ -1,0 +1,201 @@
+"""The Redis connection, its key layout, and the one error every caller handles.
+
+The store owns one connection pool, built once in ``main`` and passed in. Every call is bounded
+by ``STORE_TIMEOUT`` and every failure becomes :class:`StoreUnavailable`, so the policy server can
+answer ``ON_STORE_ERROR`` and the webhook 503 without knowing Redis' exception zoo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from ratelimit.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Enough connections for the policy server's batches and the webhook's requests at once;
+# beyond it callers wait for a free connection (bounded by STORE_TIMEOUT) instead of opening
+# ever more sockets to Redis.
+MAX_POOL_CONNECTIONS = 64
+
+
+_Pending = tuple["Script", list[str], list[Any], "asyncio.Future[Any]"]
+
+
+class StoreUnavailable(Exception):
+    """Redis failed, timed out, or is known to be down (circuit open)."""
+
+
+class KeyLayout:
+    """Every key name, in one place (the README documents the same layout).
+
+    Only normalised values (``ipaddress`` output, validated user names) are ever put in a key.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def client_log(self, network: str) -> str:
+        """Sorted set: one member per accepted message of a client network, scored by time."""
+        return f"{self.prefix}c:{network}"
+
+    def grant(self, ip: str) -> str:
+        """String (JSON) with a TTL: the client at this exact address is not limited."""
+        return f"{self.prefix}wl:{ip}"
+
+    @property
+    def grant_pattern(self) -> str:
+        return f"{self.prefix}wl:*"
+
+    def user_grants(self, user: str) -> str:
+        """Sorted set: the addresses one user has granted, scored by expiry (ms)."""
+        return f"{self.prefix}u:{user}"
+
+    @property
+    def user_grants_prefix(self) -> str:
+        return f"{self.prefix}u:"
+
+    @property
+    def audit(self) -> str:
+        """Stream: grants, refreshes and removals."""
+        return f"{self.prefix}audit"
+
+    def nonce(self, nonce: str) -> str:
+        """String with a TTL: a webhook nonce already used."""
+        return f"{self.prefix}nonce:{nonce}"
+
+
+class Script:
+    """A Lua script shipped with the package, run by its SHA (loaded on first NOSCRIPT)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = resources.files("ratelimit").joinpath(f"lua/{name}.lua").read_text()
+        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+
+
+class Store:
+    """One Redis connection pool with bounded calls. Build it once; share it."""
+
+    def __init__(self, client: aioredis.Redis, keys: KeyLayout, timeout: float) -> None:
+        self.client = client
+        self.keys = keys
+        self.timeout = timeout
+        self._batch: list[_Pending] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """A store for ``settings``; the pool connects lazily and reconnects by itself."""
+        client = aioredis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.store_timeout,
+            socket_connect_timeout=settings.store_timeout,
+            max_connections=MAX_POOL_CONNECTIONS,
+            health_check_interval=0,
+            retry_on_timeout=False,
+            decode_responses=False,
+        )
+        return cls(client, KeyLayout(settings.key_prefix), settings.store_timeout)
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis operation within the timeout; any failure is StoreUnavailable."""
+        try:
+            return await asyncio.wait_for(operation(), self.timeout)
+        except (RedisError, OSError, TimeoutError) as error:
+            raise StoreUnavailable(_describe(error)) from error
+
+    async def run_script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, falling back to loading the script once (after a Redis restart)."""
+
+        async def run() -> Any:
+            try:
+                return await self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            except NoScriptError:
+                await self.client.script_load(script.source)
+                return await self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+
+        return await self.call(run)
+
+    async def run_script_batched(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Like :meth:`run_script`, but calls made in the same event-loop turn share one round trip.
+
+        Each script still runs atomically on its own; the pipeline only saves the network and
+        syscall cost that would otherwise be paid once per decision.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._batch.append((script, keys, args, future))
+        if len(self._batch) == 1:
+            loop.call_soon(self._start_flush)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            raise StoreUnavailable("timed out") from None
+
+    def _start_flush(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.get_running_loop().create_task(self._flush(batch))
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                results = await self._execute(batch)
+                missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                if missing:
+                    # Redis restarted and lost its script cache: load once, run those again.
+                    for script in {batch[i][0] for i in missing}:
+                        await self.client.script_load(script.source)
+                    again = await self._execute([batch[i] for i in missing])
+                    for i, result in zip(missing, again, strict=True):
+                        results[i] = result
+        except (RedisError, OSError, TimeoutError) as error:
+            failure = StoreUnavailable(_describe(error))
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            return
+        except BaseException:
+            for *_, future in batch:
+                future.cancel()
+            raise
+        for (*_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(StoreUnavailable(_describe(result)))
+            else:
+                future.set_result(result)
+
+    async def _execute(self, batch: list[_Pending]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for script, keys, args, _ in batch:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless Redis answers."""
+        await self.call(self.client.ping)  # type: ignore[arg-type]
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    text = str(error) or type(error).__name__
+    return text.splitlines()[0][:200]
