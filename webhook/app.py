@@ -1,0 +1,373 @@
+"""The webhook's aiohttp application: routes, the signature check, the campus rules, grants.
+
+:func:`build_app` takes every dependency ready-made (settings, grants, nonce ledger, store, DNS
+checker) and keeps no global state, so tests and the CLI each build their own.
+
+A ``POST /v1/whitelist`` goes through, in this order, each step answering on its own:
+body size (413) → signature and timestamp (401) → nonce (409) → Content-Type (415) → JSON body
+(400) → eligibility (403) → IP validity (422 ``invalid_ip``) → allowed networks (422
+``ip_not_allowed``) → registered name in DNS (422 / 502 / 504) → grant (429 / 201 / 200).
+Redis failing anywhere is 503 ``store_unavailable``. Every error, aiohttp's own 404/405/413
+included, is JSON ``{"error": CODE, "detail": TEXT}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from ratelimit.addresses import IPAddress
+from ratelimit.grants import Grant, Grants, TooManyGrants
+from ratelimit.nonces import NonceLedger
+from ratelimit.settings import Settings
+from ratelimit.store import Store, StoreUnavailable
+from webhook import auth, rules
+from webhook.models import BadRequest, error_body, parse_grant_request
+from webhook.registered_name import DnsError, DnsTimeout, NoRegisteredName, RegisteredNameChecker
+
+log = logging.getLogger(__name__)
+
+# INTERFACE.md: a body over 4 KiB is refused (413). A grant request is about 100 bytes; the cap
+# keeps a caller from making us buffer and hash megabytes before the signature is even checked.
+MAX_BODY = 4096
+# The portal sends a few requests a minute. Far more at once than this means a runaway client or
+# an attack; answering 503 at once protects Redis, the DNS servers and this process' memory.
+MAX_IN_FLIGHT = 64
+# A client that opened a request must finish sending its (at most 4 KiB) body in this time;
+# otherwise a slow sender would hold one of the MAX_IN_FLIGHT places indefinitely.
+BODY_TIMEOUT = 5.0
+# The whole handling of one request. Longer than the DNS lifetime plus a few Redis calls at
+# STORE_TIMEOUT, so it only fires when something hangs that has no timeout of its own.
+REQUEST_TIMEOUT = 15.0
+# How long the portal should wait before retrying a 503 (Retry-After, RFC 9110 §10.2.3).
+RETRY_AFTER = "5"
+
+SOURCE = "webhook"
+JSON = "application/json"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Codes for the answers aiohttp itself produces (routing, body size), so they share our shape.
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+class ApiError(Exception):
+    """An answer other than success: status, machine-readable code, and a human detail."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def error_response(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The JSON error answer; 503s tell the portal when to retry."""
+    extra = dict(headers or {})
+    if status == 503:
+        extra.setdefault("Retry-After", RETRY_AFTER)
+    return web.json_response(error_body(code, detail), status=status, headers=extra)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into the JSON error shape: no HTML page, no traceback escapes."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error_response(error.status, error.code, error.detail)
+    except StoreUnavailable as error:
+        log.warning("webhook %s %s: Redis unavailable (%s)", request.method, request.path, error)
+        return error_response(503, "store_unavailable", "the grant store (Redis) is unavailable")
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        code = _HTTP_CODES.get(error.status, "http_error")
+        headers = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
+        return error_response(error.status, code, error.reason, headers)
+    except Exception:
+        log.exception("webhook %s %s: unexpected error", request.method, request.path)
+        return error_response(500, "internal_error", "unexpected error; see the webhook's log")
+
+
+def _in_flight_limit(limit: int) -> Middleware:
+    """A middleware refusing (503 ``busy``) what exceeds ``limit`` requests in flight."""
+    in_flight = 0
+
+    @web.middleware
+    async def limit_in_flight(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal in_flight
+        if in_flight >= limit:
+            log.warning(
+                "webhook: %d requests in flight, refusing one from %s", limit, request.remote
+            )
+            return error_response(503, "busy", f"more than {limit} requests in flight")
+        in_flight += 1
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                return await handler(request)
+        except TimeoutError:
+            log.warning(
+                "webhook %s %s: no answer within %g s",
+                request.method,
+                request.path,
+                REQUEST_TIMEOUT,
+            )
+            return error_response(503, "timeout", f"no answer within {REQUEST_TIMEOUT:g} s")
+        finally:
+            in_flight -= 1
+
+    return limit_in_flight
+
+
+class Webhook:
+    """The request handlers, holding the dependencies :func:`build_app` was given."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        grants: Grants,
+        nonces: NonceLedger,
+        store: Store,
+        resolver: RegisteredNameChecker,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if settings.webhook_secret is None:
+            raise ValueError("SMTP_WHITELIST_WEBHOOK_SECRET is required for the webhook")
+        self._secret = settings.webhook_secret.get_secret_value()
+        self.settings = settings
+        self.grants = grants
+        self.nonces = nonces
+        self.store = store
+        self.resolver = resolver
+        self.clock = clock
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """``GET /healthz``, unsigned: whether Redis answers."""
+        try:
+            await self.store.ping()
+        except StoreUnavailable as error:
+            log.warning("webhook /healthz: Redis unavailable (%s)", error)
+            body = error_body("store_unavailable", "the grant store (Redis) is unavailable")
+            return web.json_response(
+                {"redis": "unavailable", **body}, status=503, headers={"Retry-After": RETRY_AFTER}
+            )
+        return web.json_response({"redis": "ok"})
+
+    async def create(self, request: web.Request) -> web.Response:
+        """``POST /v1/whitelist``: apply the campus rules, then grant or refresh."""
+        body = await self._authenticate(request)
+        if request.content_type != JSON or request.charset not in (None, "utf-8"):
+            # RFC 8259 §8.1: JSON between systems is UTF-8; any other charset is a portal bug.
+            raise ApiError(415, "unsupported_media_type", f"Content-Type must be {JSON}")
+        try:
+            wanted = parse_grant_request(body)
+        except BadRequest as error:
+            raise ApiError(400, "bad_request", error.detail) from None
+        try:
+            rules.check_eligible(wanted.role, wanted.status, self.settings.eligible)
+        except rules.NotEligible as error:
+            log.info(
+                "webhook refused user=%s role=%s status=%s: not eligible",
+                wanted.user,
+                wanted.role,
+                wanted.status,
+            )
+            raise ApiError(403, "not_eligible", str(error)) from None
+        ip = self._valid_ip(wanted.ip)
+        try:
+            name = await self.resolver.check(ip)
+        except NoRegisteredName as error:
+            log.info("webhook refused ip=%s user=%s: %s", ip, wanted.user, error)
+            raise ApiError(422, "no_registered_name", str(error)) from None
+        except DnsTimeout as error:
+            log.warning("webhook ip=%s user=%s: DNS timeout (%s)", ip, wanted.user, error)
+            raise ApiError(504, "dns_timeout", str(error)) from None
+        except DnsError as error:
+            log.warning("webhook ip=%s user=%s: DNS failure (%s)", ip, wanted.user, error)
+            raise ApiError(502, "dns_error", str(error)) from None
+        try:
+            grant, created = await self.grants.grant(
+                ip,
+                user=wanted.user,
+                role=wanted.role,
+                status=wanted.status,
+                source=SOURCE,
+                max_per_user=self.settings.max_grants_per_user,
+            )
+        except TooManyGrants as error:
+            log.info("webhook refused ip=%s user=%s: holds %d grants", ip, wanted.user, error.held)
+            raise ApiError(
+                429,
+                "too_many_grants",
+                f"{wanted.user} already holds {error.held} live grants"
+                f" (at most {self.settings.max_grants_per_user})",
+            ) from None
+        log.info(
+            "webhook %s ip=%s user=%s role=%s status=%s name=%s expires=%s",
+            "grant" if created else "refresh",
+            grant.ip,
+            grant.user,
+            grant.role,
+            grant.status,
+            name or "-",
+            grant.expires_at.isoformat(timespec="seconds"),
+        )
+        return web.json_response(grant.as_json(), status=201 if created else 200)
+
+    async def show(self, request: web.Request) -> web.Response:
+        """``GET /v1/whitelist/{ip}``: the live grant of one address."""
+        await self._authenticate(request)
+        ip = self._path_ip(request)
+        grant = await self.grants.get(ip)
+        if grant is None:
+            raise ApiError(404, "not_found", f"{ip} has no live grant")
+        return web.json_response(grant.as_json())
+
+    async def remove(self, request: web.Request) -> web.Response:
+        """``DELETE /v1/whitelist/{ip}``: end a grant now."""
+        await self._authenticate(request)
+        ip = self._path_ip(request)
+        grant = await self.grants.revoke(ip, source=SOURCE)
+        if grant is None:
+            raise ApiError(404, "not_found", f"{ip} has no live grant")
+        _log_removal(grant)
+        return web.Response(status=204)
+
+    async def list(self, request: web.Request) -> web.Response:
+        """``GET /v1/whitelist``: every live grant."""
+        await self._authenticate(request)
+        return web.json_response({"items": [g.as_json() for g in await self.grants.list()]})
+
+    async def _authenticate(self, request: web.Request) -> bytes:
+        """Read the (capped) body, check the signature, claim the nonce; return the body."""
+        body = await _read_body(request)
+        headers = request.headers
+        values: dict[str, str | None] = {}
+        for name in (auth.TIMESTAMP_HEADER, auth.NONCE_HEADER, auth.SIGNATURE_HEADER):
+            found = headers.getall(name, [])
+            if len(found) > 1:
+                raise self._unauthorized(request, f"{name} given more than once")
+            values[name] = found[0] if found else None
+        try:
+            signed = auth.verify(
+                self._secret,
+                timestamp=values[auth.TIMESTAMP_HEADER],
+                nonce=values[auth.NONCE_HEADER],
+                signature=values[auth.SIGNATURE_HEADER],
+                method=request.method,
+                path=request.raw_path.partition("?")[0],
+                body=body,
+                now=self.clock(),
+            )
+        except auth.AuthError as error:
+            raise self._unauthorized(request, error.detail) from None
+        # Only now, with a valid signature, may the request write to Redis.
+        if not await self.nonces.claim(signed.nonce, auth.NONCE_TTL):
+            log.warning(
+                "webhook %s %s from %s: nonce replayed",
+                request.method,
+                request.path,
+                request.remote,
+            )
+            raise ApiError(
+                409, "replayed", f"this X-Nonce was used within the last {auth.NONCE_TTL} s"
+            )
+        return body
+
+    @staticmethod
+    def _unauthorized(request: web.Request, detail: str) -> ApiError:
+        log.warning(
+            "webhook %s %s from %s: unauthorized (%s)",
+            request.method,
+            request.path,
+            request.remote,
+            detail,
+        )
+        return ApiError(401, "unauthorized", detail)
+
+    def _valid_ip(self, text: str) -> IPAddress:
+        try:
+            return rules.check_ip(text, self.settings.allowed_networks)
+        except rules.InvalidIp as error:
+            raise ApiError(422, "invalid_ip", str(error)) from None
+        except rules.IpNotAllowed as error:
+            raise ApiError(422, "ip_not_allowed", str(error)) from None
+
+    @staticmethod
+    def _path_ip(request: web.Request) -> IPAddress:
+        text = request.match_info["ip"]
+        # Only the syntax matters here: a grant that exists can always be read and ended, even
+        # if ALLOWED_NETWORKS changed since it was made.
+        ip = rules.parse_address(text)
+        if ip is None:
+            raise ApiError(422, "invalid_ip", "not an IPv4 or IPv6 address")
+        return ip
+
+
+def _log_removal(grant: Grant) -> None:
+    log.info(
+        "webhook removal ip=%s user=%s role=%s status=%s",
+        grant.ip,
+        grant.user,
+        grant.role,
+        grant.status,
+    )
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The raw body, refused (413) beyond MAX_BODY before it is read when the length is declared."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, "too_large", f"the body may be at most {MAX_BODY} bytes")
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            # client_max_size (build_app) stops a chunked body at the same cap.
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408, "request_timeout", f"body not received within {BODY_TIMEOUT:g} s"
+        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "too_large", f"the body may be at most {MAX_BODY} bytes") from None
+
+
+def build_app(
+    settings: Settings,
+    grants: Grants,
+    nonces: NonceLedger,
+    store: Store,
+    resolver: RegisteredNameChecker,
+    *,
+    max_in_flight: int = MAX_IN_FLIGHT,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The webhook application for these dependencies (raises ValueError without a secret)."""
+    hooks = Webhook(settings, grants, nonces, store, resolver, clock)
+    app = web.Application(
+        client_max_size=MAX_BODY,
+        # The error middleware is outermost, so even the in-flight refusal is shaped by it.
+        middlewares=[_errors, _in_flight_limit(max_in_flight)],
+    )
+    app.router.add_get("/healthz", hooks.healthz)
+    app.router.add_post("/v1/whitelist", hooks.create)
+    app.router.add_get("/v1/whitelist", hooks.list, allow_head=False)
+    app.router.add_get("/v1/whitelist/{ip}", hooks.show, allow_head=False)
+    app.router.add_delete("/v1/whitelist/{ip}", hooks.remove)
+    return app
+
+
+__all__ = ["MAX_BODY", "MAX_IN_FLIGHT", "ApiError", "Webhook", "build_app", "error_response"]
