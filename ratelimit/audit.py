@@ -51,11 +51,16 @@ class AuditEntry:
         }
 
 
-def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> AuditEntry:
-    text = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _entry(entry_id: bytes | str, fields: dict[Any, Any]) -> AuditEntry:
+    entry_id = _text(entry_id)
+    text = {_text(k): _text(v) for k, v in fields.items()}
     expires = text.get("expires_at", "")
     return AuditEntry(
-        at=datetime.fromtimestamp(int(entry_id.split(b"-")[0]) / 1000, tz=UTC),
+        at=datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000, tz=UTC),
         event=text.get("event", ""),
         ip=text.get("ip", ""),
         user=text.get("user", ""),
@@ -83,7 +88,9 @@ class AuditTrail:
             found: list[AuditEntry] = []
             upper = "+"
             while len(found) < last:
-                chunk = await client.xrevrange(key, max=upper, min="-", count=READ_CHUNK)
+                chunk: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrevrange(
+                    key, max=upper, min="-", count=READ_CHUNK
+                )
                 if not chunk:
                     break
                 for entry_id, fields in chunk:
@@ -92,7 +99,7 @@ class AuditTrail:
                         found.append(entry)
                         if len(found) == last:
                             break
-                upper = "(" + chunk[-1][0].decode()
+                upper = "(" + _text(chunk[-1][0])
             return found
 
         entries = await self.store.call(scan)

@@ -109,16 +109,29 @@ class Grants:
             _GRANT,
             [keys.grant(address), keys.user_grants(user), keys.audit],
             [
-                address, user, role, status, source, ttl, max_per_user or 0,
-                AUDIT_MAX_ENTRIES, keys.user_grants_prefix,
+                address,
+                user,
+                role,
+                status,
+                source,
+                ttl,
+                max_per_user or 0,
+                AUDIT_MAX_ENTRIES,
+                keys.user_grants_prefix,
             ],
         )
         if reply[0] == -1:
             raise TooManyGrants(int(reply[1]))
         created, expires_ms, now_ms = (int(x) for x in reply)
         grant = Grant(
-            ip=address, user=user, role=role, status=status, source=source,
-            granted_at=_from_ms(now_ms), expires_at=_from_ms(expires_ms), ttl=ttl,
+            ip=address,
+            user=user,
+            role=role,
+            status=status,
+            source=source,
+            granted_at=_from_ms(now_ms),
+            expires_at=_from_ms(expires_ms),
+            ttl=ttl,
         )
         return grant, created == 1
 

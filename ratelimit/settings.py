@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
 from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ratelimit.addresses import IPNetwork, parse_networks
@@ -127,12 +127,8 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "swl:"
-    policy_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = parse_listen(
-        "127.0.0.1:10031"
-    )
-    webhook_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = parse_listen(
-        "127.0.0.1:10032"
-    )
+    policy_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = parse_listen("127.0.0.1:10031")
+    webhook_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = parse_listen("127.0.0.1:10032")
     webhook_secret: SecretStr | None = None
     whitelist_ttl: int = Field(3600, ge=1, le=7 * 86400)
     message_limits: Annotated[tuple[Limit, ...], NoDecode] = parse_limits("100/1h")
@@ -305,5 +301,7 @@ def _unknown_names(env_file: Path | None) -> list[str]:
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | _NOT_SETTINGS
     names = {name.upper() for name in os.environ if name.upper().startswith(ENV_PREFIX)}
     if env_file is not None:
-        names |= {name.upper() for name in dotenv_values(env_file) if name.upper().startswith(ENV_PREFIX)}
+        names |= {
+            name.upper() for name in dotenv_values(env_file) if name.upper().startswith(ENV_PREFIX)
+        }
     return [f"{name}: unknown setting" for name in sorted(names - known)]

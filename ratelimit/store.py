@@ -120,10 +120,10 @@ class Store:
 
         async def run() -> Any:
             try:
-                return await self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+                return await self.client.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:
                 await self.client.script_load(script.source)
-                return await self.client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+                return await self.client.evalsha(script.sha, len(keys), *keys, *args)
 
         return await self.call(run)
 
@@ -188,7 +188,7 @@ class Store:
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
-        await self.call(self.client.ping)  # type: ignore[arg-type]
+        await self.call(self.client.ping)
 
     async def aclose(self) -> None:
         await self.client.aclose()

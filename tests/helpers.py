@@ -62,10 +62,14 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 self.binary,
-                "--port", str(self.port),
-                "--bind", self.host,
-                "--dir", str(self.directory),
-                "--logfile", str(self.directory / "redis.log"),
+                "--port",
+                str(self.port),
+                "--bind",
+                self.host,
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(self.directory / "redis.log"),
                 *self.extra,
             ],
             stdout=subprocess.DEVNULL,
@@ -91,6 +95,9 @@ class RedisServer:
         """Run redis-cli against this server (for fault injection such as DEBUG SLEEP)."""
         out = subprocess.run(
             ["redis-cli", "-h", self.host, "-p", str(self.port), *args],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         )
         return out.stdout.strip()

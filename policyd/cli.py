@@ -1,0 +1,492 @@
+"""The ``smtp-whitelist`` command: the servers, and the operator's tools (INTERFACE.md).
+
+Exit status: 0 done; 1 the operation failed; 2 bad usage or invalid settings (one line per
+problem, never a traceback); 3 Redis unreachable. Dependencies (store, limiter, servers) are
+built here, once, and passed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from policyd import logs
+from policyd.protocol import encode_request, parse_reply
+from ratelimit.addresses import IPAddress, in_networks, parse_ip
+from ratelimit.settings import ListenAddress, Settings, SettingsError, load_settings, parse_listen
+from ratelimit.store import Store, StoreUnavailable
+
+log = logging.getLogger("policyd")
+
+DEFAULT_ENV_FILE = Path("/etc/smtp-whitelist/smtp-whitelist.env")
+ENV_FILE_VARIABLE = "SMTP_WHITELIST_ENV_FILE"
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
+
+# How long `query` waits for the policy server's answer: longer than STORE_TIMEOUT plus the
+# server's own work, shorter than an operator's patience.
+QUERY_TIMEOUT = 5.0
+
+
+class UsageError(Exception):
+    """Bad command-line input: exit 2 with this line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smtp-whitelist",
+        description="Per-IP sending limits for Postfix, lifted for 60 minutes by a signed webhook.",
+    )
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        help=f"settings file (default: ${ENV_FILE_VARIABLE}, else {DEFAULT_ENV_FILE} if present)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("policyd", help="run the policy server (Postfix talks to it)")
+    sub.add_parser("webhook", help="run the webhook HTTP API (the portal talks to it)")
+    sub.add_parser("serve", help="run both in one process")
+
+    add = sub.add_parser("add", help="grant: IP is not limited for TTL seconds (no campus rule)")
+    add.add_argument("ip")
+    add.add_argument("--user", help="who the grant is for (default: your login name)")
+    add.add_argument("--ttl", type=_positive_int, help="seconds (default: WHITELIST_TTL)")
+
+    remove = sub.add_parser("remove", help="end a grant now")
+    remove.add_argument("ip")
+
+    listing = sub.add_parser("list", help="live grants: IP, user, expiry")
+    listing.add_argument("--json", action="store_true")
+
+    show = sub.add_parser("show", help="one IP: grant (if any) and its use of every limit")
+    show.add_argument("ip")
+    show.add_argument("--json", action="store_true")
+
+    audit = sub.add_parser("audit", help="history of grants and removals")
+    audit.add_argument("--ip")
+    audit.add_argument("--user")
+    audit.add_argument("--last", type=_positive_int, default=20, help="entries (default 20)")
+    audit.add_argument("--json", action="store_true")
+
+    query = sub.add_parser("query", help="send one policy request to a running server")
+    query.add_argument("ip")
+    query.add_argument(
+        "--state",
+        default="RCPT",
+        type=str.upper,
+        help="protocol_state (default RCPT: checks without counting; DATA counts a message)",
+    )
+    query.add_argument("--recipients", type=_non_negative_int, default=1)
+    query.add_argument(
+        "--server",
+        help="host:port, [v6addr]:port or unix:/path (default: the first POLICY_LISTEN address)",
+    )
+
+    sub.add_parser("check", help="validate settings, reach Redis, print the effective settings")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def _env_file(option: Path | None) -> Path | None:
+    if option is not None:
+        return option
+    if os.environ.get(ENV_FILE_VARIABLE):
+        return Path(os.environ[ENV_FILE_VARIABLE])
+    return DEFAULT_ENV_FILE if DEFAULT_ENV_FILE.is_file() else None
+
+
+def _ip(text: str) -> IPAddress:
+    address = parse_ip(text)
+    if address is None:
+        raise UsageError(f"{text!r} is not an IP address")
+    return address
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The console script."""
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse the command line, load settings, run the command; return the exit status."""
+    args = build_parser().parse_args(argv)  # exits 2 itself on bad usage
+    env_file = _env_file(args.env_file)
+    try:
+        settings = load_settings(env_file)
+    except SettingsError as error:
+        for line in error.lines:
+            print(f"smtp-whitelist: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(settings.log_level, settings.log_format)
+    command: Callable[[argparse.Namespace, Settings, Path | None], Awaitable[int]]
+    command = COMMANDS[args.command]
+    try:
+        return _run_loop(command(args, settings, env_file))
+    except UsageError as error:
+        print(f"smtp-whitelist: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreUnavailable as error:
+        print(f"smtp-whitelist: Redis unreachable ({error})", file=sys.stderr)
+        return EXIT_STORE
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def _run_loop(coroutine: Awaitable[int]) -> int:
+    """Run on uvloop when it is installed (the ``fast`` extra), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coroutine)  # type: ignore[arg-type]
+
+
+# -- servers ----------------------------------------------------------------------------------
+
+# SIGTERM must end the process within 5 s (INTERFACE.md): in-flight answers get this long.
+SHUTDOWN_GRACE = 4.0
+
+
+async def _cmd_policyd(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    return await serve(settings, env, policy=True, webhook=False)
+
+
+async def _cmd_webhook(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    return await serve(settings, env, policy=False, webhook=True)
+
+
+async def _cmd_serve(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    return await serve(settings, env, policy=True, webhook=True)
+
+
+async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webhook: bool) -> int:
+    """Run the policy server and/or the webhook until SIGTERM; SIGHUP reloads the settings."""
+    from policyd.decision import PolicyDecider, Replies
+    from policyd.sdnotify import notify
+    from policyd.server import ConnectionLimits, PolicyServer
+    from policyd.stage_watch import StageWatch
+    from ratelimit.limiter import LimitConfig, Limiter
+
+    if webhook and settings.webhook_secret is None:
+        raise UsageError("SMTP_WHITELIST_WEBHOOK_SECRET: required to run the webhook")
+    loop = asyncio.get_running_loop()
+    store = Store.from_settings(settings)
+    limiter = Limiter(store, LimitConfig.from_settings(settings))
+    decider = PolicyDecider(limiter, Replies.from_settings(settings), StageWatch())
+    server = PolicyServer(
+        decider,
+        ConnectionLimits(settings.max_connections, settings.idle_timeout, settings.request_timeout),
+    )
+    stopping = asyncio.Event()
+    runner: Any = None
+
+    def reload() -> None:
+        notify("RELOADING=1")
+        try:
+            new = load_settings(env_file)
+        except SettingsError as error:
+            problems = error.lines
+        else:
+            problems = []
+        for line in problems:
+            log.error("SIGHUP: invalid settings, keeping the running ones: %s", line)
+        if not problems:
+            limiter.reconfigure(LimitConfig.from_settings(new))
+            decider.replies = Replies.from_settings(new)
+            restart = [
+                name
+                for name in ("redis_url", "key_prefix", "policy_listen", "webhook_listen")
+                if getattr(new, name) != getattr(settings, name)
+            ]
+            log.info(
+                "SIGHUP: settings reloaded: message limits %s, recipient limits %s, exempt %s",
+                ",".join(map(str, new.message_limits)) or "none",
+                ",".join(map(str, new.recipient_limits)) or "none",
+                ",".join(map(str, new.exempt_networks)) or "none",
+            )
+            if restart:
+                log.warning("SIGHUP: %s changed; they take effect on restart", ", ".join(restart))
+        notify("READY=1")
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    try:
+        if policy:
+            await server.start(settings.policy_listen)
+        if webhook:
+            runner = await _start_webhook(settings, store)
+    except OSError as error:
+        print(f"smtp-whitelist: {error.strerror or error}", file=sys.stderr)
+        await server.stop(grace=0)
+        await store.aclose()
+        return EXIT_FAILED
+    try:
+        await store.ping()
+    except StoreUnavailable as error:
+        log.warning(
+            "Redis unreachable at start (%s): answering ON_STORE_ERROR=%s until it is back",
+            error,
+            settings.on_store_error,
+        )
+    notify("READY=1")
+    log.info("ready (pid %d)", os.getpid())
+    await stopping.wait()
+    notify("STOPPING=1")
+    log.info("SIGTERM: stop accepting, answering what is in flight")
+    await server.stop(grace=SHUTDOWN_GRACE)
+    if runner is not None:
+        await runner.cleanup()
+    await store.aclose()
+    log.info("stopped")
+    return EXIT_OK
+
+
+async def _start_webhook(settings: Settings, store: Store) -> Any:
+    from ratelimit.grants import Grants
+    from ratelimit.nonces import NonceLedger
+    from webhook.app import build_app
+    from webhook.registered_name import RegisteredNameChecker
+    from webhook.serve import start_webhook
+
+    app = build_app(
+        settings,
+        Grants(store, settings),
+        NonceLedger(store),
+        store,
+        RegisteredNameChecker.from_settings(settings),
+    )
+    return await start_webhook(app, settings.webhook_listen)
+
+
+# -- operator tools ----------------------------------------------------------------------------
+
+
+async def _cmd_add(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    from ratelimit.grants import Grants
+
+    address = _ip(args.ip)
+    user = args.user or os.environ.get("SUDO_USER") or getpass.getuser()
+    async with _store(settings) as store:
+        grant, created = await Grants(store, settings).grant(
+            address,
+            user=user,
+            role="operator",
+            status="override",
+            source="cli",
+            ttl=args.ttl,
+            max_per_user=None,
+        )
+    verb = "granted" if created else "refreshed"
+    print(f"{verb} {grant.ip} for {grant.user} until {_time(grant.expires_at)} ({grant.ttl} s)")
+    return EXIT_OK
+
+
+async def _cmd_remove(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    from ratelimit.grants import Grants
+
+    address = _ip(args.ip)
+    actor = os.environ.get("SUDO_USER") or getpass.getuser()
+    async with _store(settings) as store:
+        grant = await Grants(store, settings).revoke(address, source="cli", actor=actor)
+    if grant is None:
+        print(f"smtp-whitelist: no grant for {address}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"removed the grant of {grant.ip} (user {grant.user})")
+    return EXIT_OK
+
+
+async def _cmd_list(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    from ratelimit.grants import Grants
+
+    async with _store(settings) as store:
+        grants = await Grants(store, settings).list()
+    if args.json:
+        print(json.dumps({"items": [g.as_json() for g in grants]}))
+        return EXIT_OK
+    if not grants:
+        print("no live grants")
+    for g in grants:
+        print(f"{g.ip:<40} {g.user:<24} {_time(g.expires_at)}  {g.ttl:>5} s  {g.source}")
+    return EXIT_OK
+
+
+async def _cmd_show(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    from ratelimit.grants import Grants
+    from ratelimit.limiter import LimitConfig, Limiter
+
+    address = _ip(args.ip)
+    async with _store(settings) as store:
+        limiter = Limiter(store, LimitConfig.from_settings(settings))
+        grant = await Grants(store, settings).get(address)
+        usage = await limiter.usage(address)
+    exempt = in_networks(address, settings.exempt_networks)
+    network = limiter.network_of(address)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ip": str(address),
+                    "network": network,
+                    "exempt": exempt,
+                    "grant": grant.as_json() if grant else None,
+                    "limits": [
+                        {"counts": u.counted.value, "limit": str(u.limit), "used": u.used}
+                        for u in usage
+                    ],
+                }
+            )
+        )
+        return EXIT_OK
+    print(f"{address} (counted as {network}){'  EXEMPT' if exempt else ''}")
+    if grant:
+        print(f"grant: {grant.user}, until {_time(grant.expires_at)} ({grant.ttl} s left)")
+    else:
+        print("grant: none")
+    for u in usage:
+        state = "  REACHED" if u.used >= u.limit.count else ""
+        print(f"{u.counted.value:<11} {u.used:>7} of {u.limit!s:<10}{state}")
+    return EXIT_OK
+
+
+async def _cmd_audit(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    from ratelimit.audit import AuditTrail
+
+    ip = str(_ip(args.ip)) if args.ip else None
+    async with _store(settings) as store:
+        entries = await AuditTrail(store).read(ip=ip, user=args.user, last=args.last)
+    if args.json:
+        print(json.dumps({"items": [e.as_json() for e in entries]}))
+        return EXIT_OK
+    for e in entries:
+        expires = f" expires={_time(e.expires_at)}" if e.expires_at else ""
+        actor = f" by={e.actor}" if e.actor else ""
+        print(
+            f"{_time(e.at)} {e.event:<7} {e.ip} user={e.user} role={e.role} status={e.status}"
+            f" source={e.source}{actor}{expires}"
+        )
+    return EXIT_OK
+
+
+async def _cmd_query(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    address = _ip(args.ip)
+    if args.server:
+        try:
+            target = parse_listen(args.server)[0]
+        except ValueError as error:
+            raise UsageError(f"--server: {error}") from None
+    else:
+        target = settings.policy_listen[0]
+    request = {
+        "request": "smtpd_access_policy",
+        "protocol_state": args.state,
+        "protocol_name": "ESMTP",
+        "client_address": str(address),
+        "client_name": "unknown",
+        "reverse_client_name": "unknown",
+        "helo_name": "query.invalid",
+        "sender": "query@smtp-whitelist.invalid",
+        "recipient": "postmaster@smtp-whitelist.invalid",
+        "recipient_count": str(args.recipients),
+        "queue_id": "",
+        "instance": f"query.{secrets.token_hex(4)}",
+        "size": "0",
+    }
+    try:
+        action = await asyncio.wait_for(_ask(target, encode_request(request)), QUERY_TIMEOUT)
+    except (OSError, TimeoutError) as error:
+        print(f"smtp-whitelist: no answer from {target}: {error or 'timed out'}", file=sys.stderr)
+        return EXIT_FAILED
+    if action is None:
+        print(f"smtp-whitelist: {target} closed the connection without an answer", file=sys.stderr)
+        return EXIT_FAILED
+    print(action)
+    return EXIT_OK
+
+
+async def _ask(target: ListenAddress, request: bytes) -> str | None:
+    if target.path is not None:
+        reader, writer = await asyncio.open_unix_connection(target.path)
+    else:
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        reply = b""
+        while not reply.endswith(b"\n\n"):
+            chunk = await reader.read(4096)
+            if not chunk:
+                return None
+            reply += chunk
+        return parse_reply(reply)
+    finally:
+        writer.close()
+
+
+async def _cmd_check(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    print(f"env file: {env if env else '(none; environment only)'}")
+    for name, value in settings.masked().items():
+        print(f"{name}={value}")
+    async with _store(settings) as store:
+        await store.ping()
+        info = await store.call(lambda: store.client.info("server"))
+    print(f"redis: ok (version {info.get('redis_version', '?')}, {socket.gethostname()})")
+    return EXIT_OK
+
+
+class _store:
+    """``async with _store(settings) as store``: a store for one CLI command, closed after."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.store = Store.from_settings(settings)
+
+    async def __aenter__(self) -> Store:
+        return self.store
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.store.aclose()
+
+
+def _time(moment: Any) -> str:
+    from ratelimit.grants import rfc3339
+
+    return rfc3339(moment)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Path | None], Awaitable[int]]] = {
+    "policyd": _cmd_policyd,
+    "webhook": _cmd_webhook,
+    "serve": _cmd_serve,
+    "add": _cmd_add,
+    "remove": _cmd_remove,
+    "list": _cmd_list,
+    "show": _cmd_show,
+    "audit": _cmd_audit,
+    "query": _cmd_query,
+    "check": _cmd_check,
+}

@@ -1,0 +1,172 @@
+"""The policy: which requests are limited, and the action each verdict becomes.
+
+The replies table of INTERFACE.md lives here. Redis is reached only through
+:class:`ratelimit.limiter.Limiter`; what a failed store means (``ON_STORE_ERROR``) is decided here
+and logged, once per outage rather than once per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from policyd.protocol import PolicyRequest
+from ratelimit.addresses import parse_ip
+from ratelimit.limiter import Limiter, Outcome, Verdict
+from ratelimit.limits import format_window
+from ratelimit.settings import Settings
+from ratelimit.store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+DUNNO = "DUNNO"
+# Postfix sends protocol_state=DATA from smtpd_data_restrictions; with CHUNKING the same
+# restrictions run for the first BDAT command, so BDAT is counted as a message too.
+COUNTED_STATES = frozenset({"DATA", "BDAT"})
+CHECKED_STATES = frozenset({"RCPT"})
+# While the store keeps failing, repeat the warning at most this often (with a count).
+STORE_WARNING_INTERVAL = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Replies:
+    """LIMIT_REPLY and ON_STORE_ERROR; replaced whole on SIGHUP."""
+
+    limit_reply: str
+    on_store_error: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Replies:
+        return cls(settings.limit_reply, settings.on_store_error)
+
+
+class StageObserver(Protocol):
+    """Something that wants to see every request's stage (the misconfiguration watch)."""
+
+    def observe(self, stage: str, now: float) -> str | None:
+        """A warning to log, or None."""
+
+
+class PolicyDecider:
+    """Turns one policy request into one action."""
+
+    def __init__(
+        self, limiter: Limiter, replies: Replies, watch: StageObserver | None = None
+    ) -> None:
+        self.limiter = limiter
+        self.replies = replies
+        self.watch = watch
+        self._store_failing_since: float | None = None
+        self._store_failures = 0
+        self._store_warned_at = 0.0
+
+    async def __call__(self, request: PolicyRequest) -> str:
+        state = request.protocol_state
+        if self.watch is not None:
+            warning = self.watch.observe(state, time.monotonic())
+            if warning:
+                log.warning("%s", warning)
+        if state in COUNTED_STATES:
+            counting = True
+        elif state in CHECKED_STATES:
+            counting = False
+        else:
+            return DUNNO
+        address = parse_ip(request.client_address)
+        if address is None:
+            log.warning(
+                "policy request without a usable client_address (%r), stage=%s queue_id=%s"
+                " instance=%s: DUNNO",
+                request.client_address[:64],
+                state,
+                request.get("queue_id"),
+                request.get("instance"),
+            )
+            return DUNNO
+        try:
+            if counting:
+                verdict = await self.limiter.count_message(address, request.recipient_count)
+            else:
+                verdict = await self.limiter.check(address)
+        except StoreUnavailable as error:
+            return self._store_failed(str(address), state, request, error)
+        self._store_ok()
+        return self._reply(str(address), state, request, verdict)
+
+    def _reply(self, ip: str, state: str, request: PolicyRequest, verdict: Verdict) -> str:
+        if verdict.outcome is not Outcome.LIMITED:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "DUNNO client=%s network=%s stage=%s outcome=%s recipients=%s queue_id=%s"
+                    " instance=%s",
+                    ip,
+                    verdict.network,
+                    state,
+                    verdict.outcome.value,
+                    request.get("recipient_count"),
+                    request.get("queue_id"),
+                    request.get("instance"),
+                )
+            return DUNNO
+        assert verdict.limit is not None
+        assert verdict.counted is not None
+        limit = verdict.limit
+        action = self.replies.limit_reply.format(
+            ip=ip,
+            limit=f"{limit.count} {verdict.counted.value}",
+            window=format_window(limit.window),
+        )
+        log.info(
+            "limited client=%s network=%s stage=%s limit=%s %s used=%d recipients=%s"
+            " sender=%s queue_id=%s instance=%s",
+            ip,
+            verdict.network,
+            state,
+            limit,
+            verdict.counted.value,
+            verdict.used,
+            request.get("recipient_count"),
+            request.get("sender")[:256],
+            request.get("queue_id"),
+            request.get("instance"),
+        )
+        return action
+
+    def _store_failed(
+        self, ip: str, state: str, request: PolicyRequest, error: StoreUnavailable
+    ) -> str:
+        now = time.monotonic()
+        action = self.replies.on_store_error
+        self._store_failures += 1
+        if (
+            self._store_failing_since is None
+            or now - self._store_warned_at >= STORE_WARNING_INTERVAL
+        ):
+            mode = "fail-open" if action.upper() in {"DUNNO", "OK"} else "fail-closed"
+            log.warning(
+                "store unavailable (%s): answering ON_STORE_ERROR=%s (%s); %d request(s) so far"
+                " in this outage; latest client=%s stage=%s queue_id=%s",
+                error,
+                action,
+                mode,
+                self._store_failures,
+                ip,
+                state,
+                request.get("queue_id"),
+            )
+            self._store_warned_at = now
+            if self._store_failing_since is None:
+                self._store_failing_since = now
+        return action
+
+    def _store_ok(self) -> None:
+        if self._store_failing_since is not None:
+            log.warning(
+                "store available again after %.1fs and %d failed request(s); limits apply",
+                time.monotonic() - self._store_failing_since,
+                self._store_failures,
+            )
+            self._store_failing_since = None
+            self._store_failures = 0
