@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from ratelimit.store import Store
 
@@ -88,8 +88,9 @@ class AuditTrail:
             found: list[AuditEntry] = []
             upper = "+"
             while len(found) < last:
-                chunk: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrevrange(
-                    key, max=upper, min="-", count=READ_CHUNK
+                chunk = cast(
+                    list[tuple[bytes, dict[bytes, bytes]]],
+                    await client.xrevrange(key, max=upper, min="-", count=READ_CHUNK),
                 )
                 if not chunk:
                     break
