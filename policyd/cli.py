@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -194,6 +196,7 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
 
     if webhook and settings.webhook_secret is None:
         raise UsageError("SMTP_WHITELIST_WEBHOOK_SECRET: required to run the webhook")
+    _raise_file_limit(settings.max_connections)
     loop = asyncio.get_running_loop()
     store = Store.from_settings(settings)
     limiter = Limiter(store, LimitConfig.from_settings(settings))
@@ -265,6 +268,32 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     await store.aclose()
     log.info("stopped")
     return EXIT_OK
+
+
+# File descriptors the process needs besides its policy connections: listeners, the Redis pool,
+# the webhook's connections, log files.
+SPARE_DESCRIPTORS = 256
+
+
+def _raise_file_limit(max_connections: int) -> None:
+    """Lift the soft RLIMIT_NOFILE towards the hard one, so MAX_CONNECTIONS can really be served.
+
+    The usual soft limit of 1024 would otherwise refuse connections below the default
+    MAX_CONNECTIONS of 1000 with EMFILE instead of our own clear refusal.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + SPARE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < wanted:
+            log.warning(
+                "open-file limit %d is below MAX_CONNECTIONS=%d plus %d spare; raise LimitNOFILE",
+                target,
+                max_connections,
+                SPARE_DESCRIPTORS,
+            )
 
 
 async def _start_webhook(settings: Settings, store: Store) -> Any:

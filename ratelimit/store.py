@@ -8,6 +8,7 @@ answer ``ON_STORE_ERROR`` and the webhook 503 without knowing Redis' exception z
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -32,8 +33,92 @@ MAX_POOL_CONNECTIONS = 64
 _Pending = tuple["Script", list[str], list[Any], "asyncio.Future[Any]"]
 
 
+# Consecutive failed calls that open the circuit. One failure may be a dropped connection that
+# the pool replaces at once; three in a row is an outage, and every caller waiting out
+# STORE_TIMEOUT during it would only make Postfix slower.
+BREAKER_THRESHOLD = 3
+# While open, Redis is probed (PING) this often, so limits apply again within about this long
+# after Redis returns, without a restart and without a request paying for the probe.
+BREAKER_PROBE_INTERVAL = 0.5
+
+
 class StoreUnavailable(Exception):
     """Redis failed, timed out, or is known to be down (circuit open)."""
+
+
+class CircuitBreaker:
+    """Fails calls at once while Redis is known to be down, and finds out by itself when it is back.
+
+    Closed: calls go to Redis. After BREAKER_THRESHOLD consecutive failures it opens: calls fail
+    immediately (the policy server answers ON_STORE_ERROR in microseconds instead of
+    STORE_TIMEOUT), and a background task pings Redis every BREAKER_PROBE_INTERVAL; the first
+    answer closes it again.
+    """
+
+    def __init__(
+        self,
+        probe: Callable[[], Awaitable[object]],
+        timeout: float,
+        threshold: int = BREAKER_THRESHOLD,
+        interval: float = BREAKER_PROBE_INTERVAL,
+    ) -> None:
+        self.probe = probe
+        self.timeout = timeout
+        self.threshold = threshold
+        self.interval = interval
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.last_error = ""
+        self._prober: asyncio.Task[None] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None
+
+    def check(self) -> None:
+        """Raise StoreUnavailable at once while the circuit is open."""
+        if self.opened_at is not None:
+            raise StoreUnavailable(f"circuit open after repeated failures: {self.last_error}")
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def failed(self, error: str) -> None:
+        self.failures += 1
+        self.last_error = error
+        if self.opened_at is None and self.failures >= self.threshold:
+            loop = asyncio.get_running_loop()
+            self.opened_at = loop.time()
+            log.warning(
+                "Redis failed %d times in a row (%s): circuit open, answering without it and"
+                " probing every %.1fs",
+                self.failures,
+                error,
+                self.interval,
+            )
+            self._prober = loop.create_task(self._probe_until_back())
+
+    async def _probe_until_back(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self.probe()
+            except (RedisError, OSError, TimeoutError) as error:
+                self.last_error = _describe(error)
+                continue
+            opened, self.opened_at, self.failures = self.opened_at or loop.time(), None, 0
+            self._prober = None
+            log.warning("Redis answers again after %.1fs: circuit closed", loop.time() - opened)
+            return
+
+    async def aclose(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+            self._prober = None
 
 
 class KeyLayout:
@@ -93,6 +178,7 @@ class Store:
         self.timeout = timeout
         self._batch: list[_Pending] = []
         self._flushing: set[asyncio.Task[None]] = set()
+        self.breaker = CircuitBreaker(self.client.ping, timeout)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -110,10 +196,15 @@ class Store:
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis operation within the timeout; any failure is StoreUnavailable."""
+        self.breaker.check()
         try:
-            return await asyncio.wait_for(operation(), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                result = await operation()
         except (RedisError, OSError, TimeoutError) as error:
+            self.breaker.failed(_describe(error))
             raise StoreUnavailable(_describe(error)) from error
+        self.breaker.succeeded()
+        return result
 
     async def run_script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, falling back to loading the script once (after a Redis restart)."""
@@ -133,6 +224,7 @@ class Store:
         Each script still runs atomically on its own; the pipeline only saves the network and
         syscall cost that would otherwise be paid once per decision.
         """
+        self.breaker.check()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._batch.append((script, keys, args, future))
@@ -163,6 +255,8 @@ class Store:
                     for i, result in zip(missing, again, strict=True):
                         results[i] = result
         except (RedisError, OSError, TimeoutError) as error:
+            # One failed round trip is one failure, however many decisions rode on it.
+            self.breaker.failed(_describe(error))
             failure = StoreUnavailable(_describe(error))
             for *_, future in batch:
                 if not future.done():
@@ -172,6 +266,7 @@ class Store:
             for *_, future in batch:
                 future.cancel()
             raise
+        self.breaker.succeeded()
         for (*_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
@@ -191,6 +286,7 @@ class Store:
         await self.call(self.client.ping)
 
     async def aclose(self) -> None:
+        await self.breaker.aclose()
         await self.client.aclose()
 
 
