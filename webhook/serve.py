@@ -52,15 +52,9 @@ async def start_webhook(app: web.Application, addresses: Sequence[ListenAddress]
             site: web.BaseSite
             if address.path is not None:
                 _remove_stale_socket(address.path)
-                site = web.UnixSite(runner, address.path, shutdown_timeout=SHUTDOWN_GRACE)
+                site = web.UnixSite(runner, address.path)
             else:
-                site = web.TCPSite(
-                    runner,
-                    address.host,
-                    address.port,
-                    shutdown_timeout=SHUTDOWN_GRACE,
-                    reuse_address=True,
-                )
+                site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
             await site.start()
             log.info("webhook listening on %s", address)
     except BaseException:
