@@ -278,7 +278,7 @@ def load_settings(env_file: Path | None) -> Settings:
         raise SettingsError([f"--env-file {env_file}: no such file"])
     lines = _unknown_names(env_file)
     try:
-        settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+        settings = Settings(_env_file=env_file)
     except ValidationError as error:
         for problem in error.errors():
             name = ENV_PREFIX + "_".join(str(part) for part in problem["loc"][:1]).upper()
