@@ -14,8 +14,12 @@ twice: use the instance as a context manager or from a fixture's ``finally``.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import os
+import random
 import re
+import secrets
 import shutil
 import signal
 import socketserver
@@ -380,3 +384,124 @@ class RecordingPolicyServer:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+# Test hosts with campus-like (non-loopback) addresses live in the benchmarking range
+# (RFC 2544): never the machine's own link (192.0.2.0/24 and fd00::/64 here), never anything
+# that could route off the machine.
+TEST_HOST_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
+
+
+def _ip_json(*args: str) -> list[dict[str, object]]:
+    out = subprocess.run(
+        ["ip", "-j", *args], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+    parsed: list[dict[str, object]] = json.loads(out or "[]")
+    return parsed
+
+
+def _networks_in_use() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 destination and address the machine has, in any routing table."""
+    found: list[ipaddress.IPv4Network] = []
+    for route in _ip_json("-4", "route", "show", "table", "all"):
+        dst = str(route.get("dst", ""))
+        if dst and dst != "default":
+            found.append(ipaddress.IPv4Network(dst, strict=False))
+    for link in _ip_json("-4", "addr", "show"):
+        for info in link.get("addr_info", []):  # type: ignore[attr-defined]
+            found.append(
+                ipaddress.IPv4Network(f"{info['local']}/{info['prefixlen']}", strict=False)
+            )
+    return found
+
+
+class NamespaceHosts:
+    """Client hosts in a network namespace, joined to this machine by a veth pair.
+
+    The machine gets ``.1`` of a free /24 in 198.18.0.0/15, the namespace gets ``.10``,
+    ``.11``, ... (``clients`` of them). A subnet that overlaps any route or address the machine
+    already has is never used. :meth:`close` removes the link and the namespace whatever
+    happened, and is safe to call twice.
+    """
+
+    def __init__(self, clients: int = 2) -> None:
+        token = secrets.token_hex(3)
+        self.namespace = f"swl-{token}"
+        self.host_link = f"swlh{token}"  # interface names: at most 15 characters
+        self.client_link = f"swlc{token}"
+        self.subnet = self._free_subnet()
+        hosts = list(self.subnet.hosts())
+        self.host_address = str(hosts[0])
+        self.client_addresses = [str(hosts[9 + i]) for i in range(clients)]
+        self._created = False
+
+    @staticmethod
+    def _free_subnet() -> ipaddress.IPv4Network:
+        used = _networks_in_use()
+        candidates = list(TEST_HOST_RANGE.subnets(new_prefix=24))
+        random.shuffle(candidates)
+        for subnet in candidates:
+            if not any(subnet.overlaps(net) for net in used):
+                return subnet
+        raise RuntimeError("no free /24 in 198.18.0.0/15 for a test host")
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=True)
+
+    def open(self) -> NamespaceHosts:
+        """Create the namespace and the link, and prove the route stays on this machine."""
+        self._created = True
+        try:
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _create(self) -> None:
+        prefix = self.subnet.prefixlen
+        self._ip("netns", "add", self.namespace)
+        self._ip(
+            "link", "add", self.host_link, "type", "veth",
+            "peer", "name", self.client_link, "netns", self.namespace,
+        )  # fmt: skip
+        self._ip("addr", "add", f"{self.host_address}/{prefix}", "dev", self.host_link)
+        self._ip("link", "set", self.host_link, "up")
+        for address in self.client_addresses:
+            self._ip(
+                "-n", self.namespace, "addr", "add", f"{address}/{prefix}",
+                "dev", self.client_link,
+            )  # fmt: skip
+        self._ip("-n", self.namespace, "link", "set", self.client_link, "up")
+        self._ip("-n", self.namespace, "link", "set", "lo", "up")
+        route = subprocess.run(
+            ["ip", "route", "get", self.client_addresses[0]],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+        if f"dev {self.host_link}" not in route:
+            raise RuntimeError(f"test host not on {self.host_link}: {route.strip()}")
+
+    def run(self, *command: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` inside the namespace (as one of the test hosts)."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.namespace, *command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def close(self) -> None:
+        """Remove the link (both ends) and the namespace; never raises."""
+        if not self._created:
+            return
+        self._created = False
+        for args in (["link", "del", self.host_link], ["netns", "del", self.namespace]):
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                subprocess.run(["ip", *args], capture_output=True, timeout=10, check=False)
+
+    def __enter__(self) -> NamespaceHosts:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
