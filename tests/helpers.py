@@ -70,6 +70,9 @@ class RedisServer:
                 str(self.directory),
                 "--logfile",
                 str(self.directory / "redis.log"),
+                # Fault-injection tests make Redis slow on purpose (DEBUG SLEEP).
+                "--enable-debug-command",
+                "local",
                 *self.extra,
             ],
             stdout=subprocess.DEVNULL,
@@ -101,3 +104,136 @@ class RedisServer:
             check=True,
         )
         return out.stdout.strip()
+
+
+def policy_request(client: str, state: str = "DATA", recipients: int = 1, **extra: str) -> bytes:
+    """A request with the attributes Postfix 3.7 sends (SMTPD_POLICY_README)."""
+    attributes = {
+        "request": "smtpd_access_policy",
+        "protocol_state": state,
+        "protocol_name": "ESMTP",
+        "client_address": client,
+        "client_name": "unknown",
+        "client_port": "40000",
+        "reverse_client_name": "unknown",
+        "server_address": "127.0.0.1",
+        "server_port": "25",
+        "helo_name": "pc.example.org",
+        "sender": "someone@example.org",
+        "recipient": "friend@example.net",
+        "recipient_count": str(recipients),
+        "queue_id": "4XbQ2T0gV7z9",
+        "instance": "1a2b.6589f0c1.3d0a.0",
+        "size": "1234",
+        "etrn_domain": "",
+        "stress": "",
+        "sasl_method": "",
+        "sasl_username": "",
+        "sasl_sender": "",
+        "ccert_subject": "",
+        "ccert_issuer": "",
+        "ccert_fingerprint": "",
+        "encryption_protocol": "TLSv1.3",
+        "encryption_cipher": "TLS_AES_256_GCM_SHA384",
+        "encryption_keysize": "256",
+        "policy_context": "",
+        "compatibility_level": "3.7",
+        "mail_version": "3.7.11",
+    }
+    attributes.update(extra)
+    return "".join(f"{k}={v}\n" for k, v in attributes.items()).encode() + b"\n"
+
+
+class PolicyClient:
+    """A blocking policy-protocol client on one persistent connection, as one smtpd holds."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+
+    def ask(self, request: bytes) -> str | None:
+        """Send one request; the action, or None when the server closed without a reply."""
+        self.sock.sendall(request)
+        reply = b""
+        while not reply.endswith(b"\n\n"):
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            reply += chunk
+        first = reply.split(b"\n", 1)[0].decode()
+        assert first.startswith("action="), reply
+        return first[len("action=") :]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Daemon:
+    """``smtp-whitelist COMMAND`` as a real process, with its settings in the environment.
+
+    Its stderr (the log) goes to a file the test can read; ``stop()`` sends SIGTERM and returns
+    the exit status.
+    """
+
+    def __init__(self, command: str, settings: dict[str, str], directory: Path) -> None:
+        import os
+        import sys
+
+        self.command = command
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.log_path = directory / f"{command}.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_WHITELIST_")}
+        self.env.update({f"SMTP_WHITELIST_{k}": v for k, v in settings.items()})
+        self.argv = [sys.executable, "-m", "policyd", command]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_port: tuple[str, int] | None = None) -> Daemon:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        if wait_port is not None:
+            host, port = wait_port
+            wait_for(
+                lambda: (
+                    self.process is not None
+                    and self.process.poll() is None
+                    and port_open(host, port)
+                ),
+                what=f"{self.command} listening on {host}:{port}\n{self.log()}",
+            )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then the exit status (killed after ``timeout``)."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        status = self.process.returncode
+        self.process = None
+        return status
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def rss_kib(self) -> int:
+        """Resident memory of the process, in KiB (VmRSS)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")

@@ -1,0 +1,285 @@
+"""Issue 5: faults injected for real under a running daemon — Redis stopped, slow, paused,
+restarted with persistence — and the daemon's lifecycle (SIGHUP, SIGTERM)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ratelimit.grants import Grants
+from ratelimit.limiter import LimitConfig, Limiter, Outcome
+from ratelimit.settings import Settings
+from ratelimit.store import Store
+from tests.conftest import require_tool
+from tests.helpers import (
+    Daemon,
+    PolicyClient,
+    RedisServer,
+    free_port,
+    policy_request,
+    wait_for,
+)
+
+STORE_ERROR = "451 4.3.0 store down, try later"
+
+
+def _settings(redis: RedisServer, port: int, **extra: str) -> dict[str, str]:
+    base = {
+        "REDIS_URL": redis.url,
+        "POLICY_LISTEN": f"127.0.0.1:{port}",
+        "MESSAGE_LIMITS": "3/1h",
+        "RECIPIENT_LIMITS": "",
+        "ON_STORE_ERROR": STORE_ERROR,
+        "STORE_TIMEOUT": "0.5",
+    }
+    base.update(extra)
+    return base
+
+
+@pytest.fixture
+def daemon_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[[int], PolicyClient]]:
+    """Open policy connections to 127.0.0.1:port; all closed after the test."""
+    opened: list[PolicyClient] = []
+
+    def open_one(port: int) -> PolicyClient:
+        opened.append(PolicyClient("127.0.0.1", port))
+        return opened[-1]
+
+    yield open_one
+    for client in opened:
+        client.close()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+def _start(daemons: list[Daemon], tmp_path: Path, settings: dict[str, str], port: int) -> Daemon:
+    daemon = Daemon("policyd", settings, tmp_path / f"d{len(daemons)}")
+    daemons.append(daemon)
+    return daemon.start(wait_port=("127.0.0.1", port))
+
+
+def _timed(client: PolicyClient, request: bytes) -> tuple[str | None, float]:
+    began = time.monotonic()
+    action = client.ask(request)
+    return action, time.monotonic() - began
+
+
+def test_starts_while_redis_is_down_and_limits_apply_once_it_is_up(
+    redis_server: RedisServer,
+    tmp_path: Path,
+    daemon_port: int,
+    daemons: list[Daemon],
+    connect: Callable[[int], PolicyClient],
+) -> None:
+    redis_server.stop()
+    daemon = _start(daemons, tmp_path, _settings(redis_server, daemon_port), daemon_port)
+    client = connect(daemon_port)
+    for _ in range(5):
+        assert client.ask(policy_request("10.0.0.1")) == STORE_ERROR
+    assert "Redis unreachable at start" in daemon.log()
+
+    redis_server.start()
+    # The breaker's own probe finds Redis; no restart of the daemon, same connection.
+    wait_for(lambda: client.ask(policy_request("10.0.0.2")) == "DUNNO", what="Redis back")
+    answers = [client.ask(policy_request("10.0.0.3")) for _ in range(4)]
+    assert answers[:3] == ["DUNNO"] * 3
+    assert answers[3] is not None
+    assert answers[3].startswith("450 4.7.1")
+
+
+def test_paused_redis_opens_the_breaker_then_answers_at_once_and_logs_one_warning(
+    redis_server: RedisServer,
+    tmp_path: Path,
+    daemon_port: int,
+    daemons: list[Daemon],
+    connect: Callable[[int], PolicyClient],
+) -> None:
+    settings = _settings(redis_server, daemon_port, STORE_TIMEOUT="1.0")
+    daemon = _start(daemons, tmp_path, settings, daemon_port)
+    client = connect(daemon_port)
+    assert client.ask(policy_request("10.0.1.1")) == "DUNNO"
+
+    redis_server.cli("CLIENT", "PAUSE", "8000", "ALL")
+    timings = [_timed(client, policy_request("10.0.1.1")) for _ in range(10)]
+    assert [action for action, _ in timings] == [STORE_ERROR] * 10
+    # Before the breaker opens each request waits out STORE_TIMEOUT (1 s); after it opens,
+    # none of them does: that difference is the breaker, not a speed target.
+    assert all(0.9 < spent < 1.9 for _, spent in timings[:3]), timings
+    assert all(spent < 0.5 for _, spent in timings[3:]), timings
+    log = daemon.log()
+    assert log.count("circuit open") == 1
+    assert log.count("store unavailable") == 1
+
+    redis_server.cli("CLIENT", "UNPAUSE")
+    wait_for(lambda: client.ask(policy_request("10.0.1.2")) == "DUNNO", what="breaker closed")
+    wait_for(lambda: "circuit closed" in daemon.log(), what="closing logged")
+
+
+def test_slow_redis_is_answered_within_store_timeout(
+    redis_server: RedisServer,
+    tmp_path: Path,
+    daemon_port: int,
+    daemons: list[Daemon],
+    connect: Callable[[int], PolicyClient],
+) -> None:
+    _start(daemons, tmp_path, _settings(redis_server, daemon_port), daemon_port)
+    client = connect(daemon_port)
+    assert client.ask(policy_request("10.0.2.1")) == "DUNNO"
+    sleeper = threading.Thread(target=redis_server.cli, args=("DEBUG", "SLEEP", "3"))
+    sleeper.start()
+    time.sleep(0.2)
+    try:
+        action, spent = _timed(client, policy_request("10.0.2.1"))
+        assert action == STORE_ERROR
+        assert spent < 1.5, spent  # STORE_TIMEOUT is 0.5 s; Redis sleeps 3 s
+    finally:
+        sleeper.join()
+    wait_for(lambda: client.ask(policy_request("10.0.2.3")) == "DUNNO", what="Redis awake")
+
+
+def test_redis_restart_with_aof_keeps_grants_their_ttl_and_counts(tmp_path: Path) -> None:
+    persistent = RedisServer(
+        require_tool("redis-server"),
+        tmp_path / "aof",
+        ["--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+    )
+    persistent.start()
+    try:
+        settings = Settings(redis_url=persistent.url, message_limits="5/1h")
+        granted = ipaddress.ip_address("198.18.0.10")
+        counted = ipaddress.ip_address("198.18.0.11")
+
+        async def before() -> None:
+            store = Store.from_settings(settings)
+            await Grants(store, settings).grant(
+                granted,
+                user="alice",
+                role="staff",
+                status="normal",
+                source="cli",
+                max_per_user=None,
+                ttl=600,
+            )
+            limiter = Limiter(store, LimitConfig.from_settings(settings))
+            for _ in range(3):
+                assert (await limiter.count_message(counted, 1)).outcome is Outcome.ACCEPTED
+            await store.aclose()
+
+        asyncio.run(before())
+        persistent.kill()  # a crash, not a clean shutdown: only the AOF can bring it back
+        persistent.start()
+
+        async def after() -> None:
+            store = Store.from_settings(settings)
+            grant = await Grants(store, settings).get(granted)
+            assert grant is not None
+            assert grant.user == "alice"
+            assert 590 <= grant.ttl <= 600
+            limiter = Limiter(store, LimitConfig.from_settings(settings))
+            usage = await limiter.usage(counted)
+            assert [u.used for u in usage] == [3, 3]  # 3 messages, 3 recipients
+            assert (await limiter.count_message(counted, 1)).outcome is Outcome.ACCEPTED
+            assert (await limiter.count_message(counted, 1)).outcome is Outcome.ACCEPTED
+            assert (await limiter.count_message(counted, 1)).outcome is Outcome.LIMITED
+            assert (await limiter.count_message(granted, 1)).outcome is Outcome.WHITELISTED
+            await store.aclose()
+
+        asyncio.run(after())
+    finally:
+        persistent.stop()
+
+
+def test_sighup_applies_new_limits_and_reply_without_dropping_connections(
+    redis_server: RedisServer,
+    tmp_path: Path,
+    daemon_port: int,
+    daemons: list[Daemon],
+    connect: Callable[[int], PolicyClient],
+) -> None:
+    env_file = tmp_path / "swl.env"
+    env_file.write_text("SMTP_WHITELIST_MESSAGE_LIMITS=2/1h\n")
+    settings = _settings(redis_server, daemon_port)
+    del settings["MESSAGE_LIMITS"]
+    settings["ENV_FILE"] = str(env_file)
+    daemon = _start(daemons, tmp_path, settings, daemon_port)
+    client = connect(daemon_port)
+    answers = [client.ask(policy_request("10.0.3.1")) for _ in range(3)]
+    assert answers[:2] == ["DUNNO", "DUNNO"]
+    assert answers[2] is not None
+    assert answers[2].startswith("450")
+
+    env_file.write_text(
+        "SMTP_WHITELIST_MESSAGE_LIMITS=4/1h\n"
+        "SMTP_WHITELIST_LIMIT_REPLY=550 5.7.1 stop now {ip} {limit} {window}\n"
+        "SMTP_WHITELIST_EXEMPT_NETWORKS=10.0.9.0/24\n"
+    )
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "settings reloaded" in daemon.log(), what="reload logged")
+    # Same connection, still open: the new limit (4) lets two more through, then the new text.
+    answers = [client.ask(policy_request("10.0.3.1")) for _ in range(3)]
+    assert answers == ["DUNNO", "DUNNO", "550 5.7.1 stop now 10.0.3.1 4 messages 1h"]
+    assert all(client.ask(policy_request("10.0.9.9")) == "DUNNO" for _ in range(6))
+
+    env_file.write_text("SMTP_WHITELIST_MESSAGE_LIMITS=lots\n")
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "keeping the running ones" in daemon.log(), what="invalid reload logged")
+    assert "SMTP_WHITELIST_MESSAGE_LIMITS" in daemon.log().split("keeping the running ones")[-1]
+    assert client.ask(policy_request("10.0.3.1")) == "550 5.7.1 stop now 10.0.3.1 4 messages 1h"
+    assert daemon.process is not None
+    assert daemon.process.poll() is None
+
+
+def test_sigterm_exits_zero_promptly_with_idle_connections_open(
+    redis_server: RedisServer,
+    tmp_path: Path,
+    daemon_port: int,
+    daemons: list[Daemon],
+    connect: Callable[[int], PolicyClient],
+) -> None:
+    daemon = _start(daemons, tmp_path, _settings(redis_server, daemon_port), daemon_port)
+    clients = [connect(daemon_port) for _ in range(20)]
+    assert all(c.ask(policy_request("10.0.4.1", state="RCPT")) == "DUNNO" for c in clients)
+    began = time.monotonic()
+    assert daemon.stop(timeout=10) == 0
+    assert time.monotonic() - began < 5
+    assert all(c.sock.recv(1) == b"" for c in clients)  # closed cleanly by the server
+
+
+def test_five_thousand_idle_connections_keep_memory_bounded(
+    redis_server: RedisServer,
+    tmp_path: Path,
+    daemon_port: int,
+    daemons: list[Daemon],
+    connect: Callable[[int], PolicyClient],
+) -> None:
+    settings = _settings(redis_server, daemon_port, MAX_CONNECTIONS="6000")
+    daemon = _start(daemons, tmp_path, settings, daemon_port)
+    first = connect(daemon_port)
+    assert first.ask(policy_request("10.0.5.1")) == "DUNNO"
+    before = daemon.rss_kib()
+    idle = [connect(daemon_port) for _ in range(5000)]
+    # Each one has been accepted: a request on the last still gets its answer.
+    assert idle[-1].ask(policy_request("10.0.5.2")) == "DUNNO"
+    grown = daemon.rss_kib() - before
+    # Per idle connection the daemon keeps a transport, a parser and a timer: a few KiB.
+    # Unbounded buffering would show as far more than 10 KiB each.
+    assert grown < 5000 * 10, f"{grown} KiB for 5000 idle connections"
+    assert first.ask(policy_request("10.0.5.1")) == "DUNNO"
