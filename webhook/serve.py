@@ -2,13 +2,16 @@
 
 The CLI builds the application (:func:`webhook.app.build_app`), calls :func:`start_webhook`,
 and on shutdown ``await runner.cleanup()``: the sites stop accepting, requests in flight get
-:data:`SHUTDOWN_GRACE` seconds to finish, then the rest are cancelled.
+:data:`SHUTDOWN_GRACE` seconds to finish, then the rest are cancelled (at most 2 x the grace).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import socket
 import stat
 from collections.abc import Sequence
 
@@ -18,9 +21,10 @@ from ratelimit.settings import ListenAddress
 
 log = logging.getLogger(__name__)
 
-# INTERFACE.md: on SIGTERM the process exits within 5 s. The webhook's requests in flight get
-# this long to finish, which leaves the rest of the 5 s for the policy server and Redis.
-SHUTDOWN_GRACE = 3.0
+# INTERFACE.md: on SIGTERM the process exits within 5 s. aiohttp waits this long for requests
+# in flight to finish, then as long again for the cancelled ones to unwind before closing them:
+# at most 2 x 1.5 s, which leaves the rest of the 5 s for the policy server and Redis.
+SHUTDOWN_GRACE = 1.5
 # An idle keep-alive connection from the portal is closed after this long. The portal makes a
 # few requests a minute; holding idle sockets longer only costs file descriptors.
 KEEPALIVE_TIMEOUT = 30.0
@@ -40,12 +44,25 @@ async def start_webhook(app: web.Application, addresses: Sequence[ListenAddress]
     runner = web.AppRunner(
         app,
         handle_signals=False,  # the CLI owns SIGTERM/SIGHUP for the whole process
+        # A request whose client went away (the portal gave up) stops at once instead of
+        # holding one of the MAX_IN_FLIGHT places until DNS or Redis answer.
+        handler_cancellation=True,
         shutdown_timeout=SHUTDOWN_GRACE,
         keepalive_timeout=KEEPALIVE_TIMEOUT,
         max_line_size=MAX_LINE_SIZE,
         max_field_size=MAX_FIELD_SIZE,
         max_headers=MAX_HEADERS,
     )
+    sockets: list[str] = []  # only the ones this call bound: never someone else's file
+
+    async def remove_sockets(_: web.Application) -> None:
+        # A socket file left behind looks like a running webhook to whoever checks the path.
+        for path in sockets:
+            with contextlib.suppress(OSError):
+                _remove_stale_socket(path)
+
+    # Registered before setup(), which freezes the application's signals.
+    app.on_cleanup.append(remove_sockets)
     await runner.setup()
     try:
         for address in addresses:
@@ -53,9 +70,11 @@ async def start_webhook(app: web.Application, addresses: Sequence[ListenAddress]
             if address.path is not None:
                 _remove_stale_socket(address.path)
                 site = web.UnixSite(runner, address.path)
+                await site.start()
+                sockets.append(address.path)
             else:
                 site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
-            await site.start()
+                await site.start()
             log.info("webhook listening on %s", address)
     except BaseException:
         await runner.cleanup()
@@ -73,11 +92,20 @@ def bound_ports(runner: web.AppRunner) -> list[tuple[str, int]]:
 
 
 def _remove_stale_socket(path: str) -> None:
-    """A UNIX socket left by a crashed run would make the bind fail; anything else is kept."""
+    """A UNIX socket left by a crashed run would make the bind fail; anything else is kept.
+
+    A socket someone still listens on is not stolen: that is a second webhook started by mistake.
+    """
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
         raise OSError(f"{path} exists and is not a socket; not replacing it")
-    os.unlink(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens: left over from a run that did not clean up
+            return
+    raise OSError(errno.EADDRINUSE, f"{path} is in use by a running server")
