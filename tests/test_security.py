@@ -1,0 +1,159 @@
+"""Issue 5: hostile input never reaches a key, a Lua argument or a reply unnormalised, and
+secrets never reach a log line or ``smtp-whitelist check``."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_tool
+from tests.helpers import Daemon, PolicyClient, RedisServer, free_port, policy_request
+from webhook.auth import sign
+
+SECRET = "s3cret-" + secrets.token_hex(24)
+REDIS_PASSWORD = "pw-" + secrets.token_hex(12)
+
+
+@pytest.fixture
+def guarded_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(
+        require_tool("redis-server"),
+        tmp_path / "redis",
+        ["--save", "", "--appendonly", "no", "--requirepass", REDIS_PASSWORD],
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def _url(redis: RedisServer) -> str:
+    return f"redis://:{REDIS_PASSWORD}@{redis.host}:{redis.port}/0"
+
+
+def _post(port: int, path: str, body: dict[str, str], secret: str) -> tuple[int, dict[str, str]]:
+    raw = json.dumps(body).encode()
+    timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(18)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=raw,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "X-Timestamp": timestamp,
+            "X-Nonce": nonce,
+            "X-Signature": sign(secret, timestamp, nonce, "POST", path, raw),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_secrets_stay_out_of_logs_and_check(guarded_redis: RedisServer, tmp_path: Path) -> None:
+    policy_port, webhook_port = free_port(), free_port()
+    settings = {
+        "REDIS_URL": _url(guarded_redis),
+        "POLICY_LISTEN": f"127.0.0.1:{policy_port}",
+        "WEBHOOK_LISTEN": f"127.0.0.1:{webhook_port}",
+        "WEBHOOK_SECRET": SECRET,
+        "ALLOWED_NETWORKS": "198.18.0.0/15",
+        "LOG_LEVEL": "DEBUG",
+        "MESSAGE_LIMITS": "1/1h",
+    }
+    daemon = Daemon("serve", settings, tmp_path).start(wait_port=("127.0.0.1", webhook_port))
+    try:
+        grant = {"ip": "198.18.0.10", "user": "alice", "role": "staff", "status": "normal"}
+        assert _post(webhook_port, "/v1/whitelist", grant, SECRET)[0] == 201
+        assert _post(webhook_port, "/v1/whitelist", grant, "wrong-" + SECRET)[0] == 401
+        client = PolicyClient("127.0.0.1", policy_port)
+        try:
+            for _ in range(3):
+                client.ask(policy_request("198.18.0.11"))
+        finally:
+            client.close()
+    finally:
+        assert daemon.stop() == 0
+    log = daemon.log()
+    assert "limited client=198.18.0.11" in log  # the log is really there, at DEBUG
+    assert SECRET not in log
+    assert REDIS_PASSWORD not in log
+
+    env = {**daemon.env, "SMTP_WHITELIST_REDIS_URL": _url(guarded_redis)}
+    env["SMTP_WHITELIST_WEBHOOK_SECRET"] = SECRET
+    out = subprocess.run(
+        [sys.executable, "-m", "policyd", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "SMTP_WHITELIST_WEBHOOK_SECRET=********" in out.stdout
+    assert SECRET not in out.stdout + out.stderr
+    assert REDIS_PASSWORD not in out.stdout + out.stderr
+
+
+HOSTILE_ADDRESSES = [
+    "198.18.0.20\x00",
+    "{ip}{limit}",
+    "198.18.0.20\r",
+    " 198.18.0.21 ",
+    "::ffff:198.18.0.22",
+    "2001:db8::1%eth0",
+    "*",
+    "swl:wl:198.18.0.23",
+    "198.18.0.24/24",
+    "[2001:db8::2]",
+]
+
+
+def test_hostile_client_addresses_never_reach_a_key_unnormalised(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    daemon = Daemon(
+        "policyd",
+        {
+            "REDIS_URL": redis_server.url,
+            "POLICY_LISTEN": f"127.0.0.1:{port}",
+            "MESSAGE_LIMITS": "5/1h",
+            "LIMIT_REPLY": "450 4.7.1 {ip} over {limit}/{window}",
+        },
+        tmp_path,
+    ).start(wait_port=("127.0.0.1", port))
+    client = PolicyClient("127.0.0.1", port)
+    try:
+        for address in HOSTILE_ADDRESSES:
+            request = policy_request("x").replace(
+                b"client_address=x\n", b"client_address=" + address.encode() + b"\n"
+            )
+            action = client.ask(request)
+            assert action is not None
+            assert "\n" not in action
+            assert action == "DUNNO"
+    finally:
+        client.close()
+        daemon.stop()
+    keys = redis_server.cli("--scan").split()
+    assert keys, "the well-formed ones were counted"
+    for key in keys:
+        prefix, kind, rest = key.split(":", 2)
+        assert (prefix, kind) == ("swl", "c")
+        network = ipaddress.ip_network(rest)  # raises unless it is a normalised network
+        assert str(network) == rest
+    assert sorted(keys) == sorted(
+        {"swl:c:198.18.0.20/32", "swl:c:198.18.0.21/32", "swl:c:198.18.0.22/32"}
+    )
