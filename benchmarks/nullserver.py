@@ -1,0 +1,59 @@
+"""The floor: the same :class:`policyd.server.PolicyServer`, with a decision that does nothing.
+
+Everything the real daemon does per request except deciding (accepting, reading, parsing,
+queueing, answering, timers) happens here exactly as in ``smtp-whitelist policyd``, on the same
+event loop implementation; only ``decide`` is a coroutine that returns ``DUNNO`` with no store.
+The ratio of the real daemon to this one is therefore the cost of our decision and its Redis
+round trip, and nothing else.
+
+    python -m benchmarks.nullserver 127.0.0.1:10041
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from policyd.protocol import PolicyRequest
+from policyd.server import ConnectionLimits, PolicyServer
+from ratelimit.settings import parse_listen
+
+
+async def null_decide(request: PolicyRequest) -> str:
+    """Every request: DUNNO, touching nothing."""
+    return "DUNNO"
+
+
+async def serve(listen: str, max_connections: int) -> int:
+    loop = asyncio.get_running_loop()
+    # The daemon's defaults (INTERFACE.md): MAX_CONNECTIONS, IDLE_TIMEOUT, REQUEST_TIMEOUT.
+    server = PolicyServer(null_decide, ConnectionLimits(max_connections, 600.0, 10.0))
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await server.start(parse_listen(listen))
+    print("ready", flush=True)
+    await stopping.wait()
+    await server.stop(grace=4.0)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.nullserver", description=__doc__)
+    parser.add_argument("listen", help="host:port, as POLICY_LISTEN")
+    parser.add_argument("--max-connections", type=int, default=1000)
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(serve(args.listen, args.max_connections))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
