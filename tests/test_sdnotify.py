@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from policyd import sdnotify
+from tests.helpers import RedisServer, free_port
 
 
 @pytest.fixture
@@ -93,3 +97,49 @@ def test_no_socket_left_open(notify_socket: socket.socket) -> None:
         assert sdnotify.notify("READY=1")
         notify_socket.recv(4096)  # drain, as systemd does: a full queue would block the send
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_policyd_sends_ready_after_binding_and_reports_reload_and_stop(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """`smtp-whitelist policyd` as systemd starts it: READY=1 only once the port answers."""
+    port = free_port()
+    env_file = tmp_path / "smtp-whitelist.env"
+    env_file.write_text("SMTP_WHITELIST_MESSAGE_LIMITS=3/1h\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_WHITELIST_")}
+    env |= {
+        "SMTP_WHITELIST_REDIS_URL": redis_server.url,
+        "SMTP_WHITELIST_POLICY_LISTEN": f"127.0.0.1:{port}",
+        "NOTIFY_SOCKET": str(tmp_path / "notify"),
+    }
+    script = Path(sys.executable).with_name("smtp-whitelist")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "policyd"]
+    log_path = tmp_path / "policyd.log"
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify,
+        log_path.open("wb") as log,
+    ):
+        notify.bind(env["NOTIFY_SOCKET"])
+        notify.settimeout(30)
+        process = subprocess.Popen(
+            [*command, "--env-file", str(env_file), "policyd"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            assert notify.recv(4096) == b"READY=1"
+            # Bound before READY=1: the very first connection attempt succeeds.
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            process.send_signal(signal.SIGHUP)
+            assert notify.recv(4096) == b"RELOADING=1"
+            assert notify.recv(4096) == b"READY=1"
+            process.send_signal(signal.SIGTERM)
+            assert notify.recv(4096) == b"STOPPING=1"
+            assert process.wait(timeout=10) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+    assert "SIGHUP: settings reloaded" in log_path.read_text(), log_path.read_text()
