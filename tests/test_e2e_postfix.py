@@ -390,6 +390,36 @@ def test_snippet_asks_at_rcpt_and_counts_at_data() -> None:
             instance.close()
 
 
+@pytest.mark.parametrize(
+    "relay_restrictions",
+    ["permit_mynetworks, reject_unauth_destination", ""],
+    ids=["relay-restrictions", "pre-2.10-empty-relay-restrictions"],
+)
+def test_snippet_keeps_relay_control(relay_restrictions: str) -> None:
+    """Asking the policy server first must not open the relay to clients outside mynetworks.
+
+    With an empty smtpd_relay_restrictions (a pre-2.10 style main.cf) the snippet's own
+    reject_unauth_destination, after its permits, is what refuses them.
+    """
+    require_tool("postfix")
+    with RecordingPolicyServer() as policy:
+        instance = PostfixInstance(
+            policy.address,
+            port=free_port(),
+            mynetworks=["127.0.0.2/32", "[::1]/128"],
+            extra_main=[f"smtpd_relay_restrictions = {relay_restrictions}"],
+        )
+        try:
+            instance.start()
+            outsider = send("127.0.0.1", instance.port, "127.0.0.9")
+            assert (outsider.code, outsider.stage) == (554, "RCPT"), outsider
+            assert "Relay access denied" in outsider.text
+            assert send("127.0.0.1", instance.port, "127.0.0.2").accepted
+            assert instance.problems() == []
+        finally:
+            instance.close()
+
+
 def _send_bdat(port: int, source: str) -> None:
     """One message with BDAT (RFC 3030), which smtplib cannot send."""
     body = b"Subject: bdat\r\n\r\nbody\r\n"
