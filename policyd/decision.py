@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from policyd.protocol import PolicyRequest
-from ratelimit.addresses import parse_ip
+from ratelimit.addresses import IPAddress, parse_ip
 from ratelimit.limiter import Limiter, Outcome, Verdict
 from ratelimit.limits import format_window
 from ratelimit.settings import Settings
@@ -28,6 +28,9 @@ COUNTED_STATES = frozenset({"DATA", "BDAT"})
 CHECKED_STATES = frozenset({"RCPT"})
 # While the store keeps failing, repeat the warning at most this often (with a count).
 STORE_WARNING_INTERVAL = 60.0
+# client_address texts remembered with their parsed address (ipaddress parsing costs a few µs
+# per request); when this many are held the memo starts again from empty.
+MAX_REMEMBERED_ADDRESSES = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,7 @@ class PolicyDecider:
         self._store_failing_since: float | None = None
         self._store_failures = 0
         self._store_warned_at = 0.0
+        self._addresses: dict[str, IPAddress | None] = {}
 
     async def __call__(self, request: PolicyRequest) -> str:
         state = request.protocol_state
@@ -74,7 +78,15 @@ class PolicyDecider:
             counting = False
         else:
             return DUNNO
-        address = parse_ip(request.client_address)
+        text = request.client_address
+        addresses = self._addresses
+        try:
+            address = addresses[text]
+        except KeyError:
+            address = parse_ip(text)
+            if len(addresses) >= MAX_REMEMBERED_ADDRESSES:
+                addresses.clear()
+            addresses[text] = address
         if address is None:
             log.warning(
                 "policy request without a usable client_address (%r), stage=%s queue_id=%s"
