@@ -32,7 +32,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -295,7 +295,6 @@ class Stack:
     product: Product
     postfix: PostfixInstance
     hosts: NamespaceHosts | None = None
-    cleanups: list[Callable[[], object]] = field(default_factory=list)
 
     @property
     def port(self) -> int:
