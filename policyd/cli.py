@@ -26,7 +26,14 @@ from typing import Any, NoReturn
 from policyd import logs
 from policyd.protocol import encode_request, parse_reply
 from ratelimit.addresses import IPAddress, in_networks, parse_ip
-from ratelimit.settings import ListenAddress, Settings, SettingsError, load_settings, parse_listen
+from ratelimit.settings import (
+    ListenAddress,
+    Settings,
+    SettingsError,
+    forget_inherited_copies,
+    load_settings,
+    parse_listen,
+)
 from ratelimit.store import Store, StoreUnavailable
 
 log = logging.getLogger("policyd")
@@ -142,6 +149,8 @@ def run(argv: list[str] | None = None) -> int:
             print(f"smtp-whitelist: {line}", file=sys.stderr)
         return EXIT_USAGE
     logs.configure(settings.log_level, settings.log_format)
+    if env_file is not None:
+        forget_inherited_copies(env_file)
     command: Callable[[argparse.Namespace, Settings, Path | None], Awaitable[int]]
     command = COMMANDS[args.command]
     try:

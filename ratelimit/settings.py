@@ -274,8 +274,13 @@ class Settings(BaseSettings):
 
 def load_settings(env_file: Path | None) -> Settings:
     """Read the environment and ``env_file``; raise :class:`SettingsError` on any bad value."""
-    if env_file is not None and not env_file.is_file():
-        raise SettingsError([f"--env-file {env_file}: no such file"])
+    if env_file is not None:
+        if not env_file.is_file():
+            raise SettingsError([f"--env-file {env_file}: no such file"])
+        try:
+            env_file.read_bytes()
+        except OSError as error:
+            raise SettingsError([f"--env-file {env_file}: {error.strerror}"]) from None
     lines = _unknown_names(env_file)
     try:
         settings = Settings(_env_file=env_file)
@@ -290,6 +295,22 @@ def load_settings(env_file: Path | None) -> Settings:
     if lines:
         raise SettingsError(lines)
     return settings
+
+
+def forget_inherited_copies(env_file: Path) -> list[str]:
+    """Drop environment variables that merely repeat the env file; return their names.
+
+    systemd's ``EnvironmentFile=`` copies the file into the environment once, at start, and the
+    environment takes precedence over the file. Without this, a SIGHUP after editing the file
+    would re-read it and still see the old values. A variable set to a *different* value (an
+    operator's deliberate override, e.g. ``Environment=``) is kept and still wins.
+    """
+    dropped = []
+    for name, value in dotenv_values(env_file).items():
+        if value is not None and os.environ.get(name) == value:
+            del os.environ[name]
+            dropped.append(name)
+    return dropped
 
 
 # Names with our prefix that are not settings but are ours all the same.

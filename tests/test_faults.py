@@ -216,8 +216,9 @@ def test_sighup_applies_new_limits_and_reply_without_dropping_connections(
 ) -> None:
     env_file = tmp_path / "swl.env"
     env_file.write_text("SMTP_WHITELIST_MESSAGE_LIMITS=2/1h\n")
-    settings = _settings(redis_server, daemon_port)
-    del settings["MESSAGE_LIMITS"]
+    # As systemd's EnvironmentFile= does: the file's lines are also in the environment. The
+    # reload must still see the edited file, not the copy taken at start.
+    settings = _settings(redis_server, daemon_port, MESSAGE_LIMITS="2/1h")
     settings["ENV_FILE"] = str(env_file)
     daemon = _start(daemons, tmp_path, settings, daemon_port)
     client = connect(daemon_port)

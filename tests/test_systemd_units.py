@@ -134,8 +134,9 @@ def test_unit_contract(name: str) -> None:
     )
     assert "redis-server.service" in settings["After"]
     assert re.search(r"^Wants=redis-server\.service$", text, re.MULTILINE)
-    # The env file is read by the program (so SIGHUP sees edits), never by systemd.
-    assert "EnvironmentFile" not in settings
+    # systemd loads the env file, and the program reads the same file (so SIGHUP sees edits).
+    assert settings["EnvironmentFile"] == "/etc/smtp-whitelist/smtp-whitelist.env"
+    assert "--env-file /etc/smtp-whitelist/smtp-whitelist.env" in settings["ExecStart"]
     for key, value in {
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
