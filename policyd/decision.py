@@ -30,7 +30,7 @@ CHECKED_STATES = frozenset({"RCPT"})
 STORE_WARNING_INTERVAL = 60.0
 # client_address texts remembered with their parsed address (ipaddress parsing costs a few µs
 # per request); when this many are held the memo starts again from empty.
-MAX_REMEMBERED_ADDRESSES = 65_536
+MAX_REMEMBERED_ADDRESSES = 16_384
 
 
 @dataclass(frozen=True, slots=True)

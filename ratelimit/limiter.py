@@ -23,7 +23,7 @@ _DECIDE = Script("decide")
 # Clients remembered with their network, Redis keys and exemption, so that a busy client's
 # requests skip ipaddress' network arithmetic and string building (a few µs each). A relay sees
 # a working set of thousands; when this many are held the memo starts again from empty.
-MAX_REMEMBERED_CLIENTS = 65_536
+MAX_REMEMBERED_CLIENTS = 16_384
 
 
 class Outcome(enum.Enum):
