@@ -234,6 +234,9 @@ class Store:
             async with asyncio.timeout(self.timeout):
                 return await asyncio.shield(future)
         except TimeoutError:
+            # Nobody will read this future now; cancelled, _flush skips it instead of setting
+            # an exception that asyncio would log as "never retrieved".
+            future.cancel()
             raise StoreUnavailable("timed out") from None
 
     def _start_flush(self) -> None:

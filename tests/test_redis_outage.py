@@ -199,12 +199,6 @@ async def test_policyd_started_while_redis_is_down(redis: RedisServer, tmp_path:
     assert "Redis unreachable at start" in daemon.log_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ratelimit/store.py: a batched call that timed out leaves its future pending; _flush"
-    " later sets the exception on it and asyncio logs 'Future exception was never retrieved'"
-    " at ERROR for every timed-out decision (fix proposed in the report)",
-)
 async def test_a_timeout_logs_no_asyncio_error(
     redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
