@@ -48,8 +48,8 @@ class Replies:
 class StageObserver(Protocol):
     """Something that wants to see every request's stage (the misconfiguration watch)."""
 
-    def observe(self, stage: str, now: float) -> str | None:
-        """A warning to log, or None."""
+    def observe(self, stage: str, now: float, *, refused: bool = False) -> str | None:
+        """A warning to log, or None. ``refused``: this request got a limit reply."""
 
 
 class PolicyDecider:
@@ -68,10 +68,16 @@ class PolicyDecider:
 
     async def __call__(self, request: PolicyRequest) -> str:
         state = request.protocol_state
+        action = await self._decide(request, state)
         if self.watch is not None:
-            warning = self.watch.observe(state, time.monotonic())
+            # After the decision: a limited client that keeps retrying only ever reaches RCPT,
+            # and must not look like a Postfix that never asks at DATA.
+            warning = self.watch.observe(state, time.monotonic(), refused=action != DUNNO)
             if warning:
                 log.warning("%s", warning)
+        return action
+
+    async def _decide(self, request: PolicyRequest, state: str) -> str:
         if state in COUNTED_STATES:
             counting = True
         elif state in CHECKED_STATES:
