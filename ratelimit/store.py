@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ratelimit.settings import Settings
 
@@ -221,8 +221,10 @@ class Store:
     async def run_script_batched(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """Like :meth:`run_script`, but calls made in the same event-loop turn share one round trip.
 
-        Each script still runs atomically on its own; the pipeline only saves the network and
-        syscall cost that would otherwise be paid once per decision.
+        Each script still runs atomically on its own; the batch only saves the network and
+        syscall cost that would otherwise be paid once per decision. The batch's own timeout
+        (in :meth:`_flush`) bounds every caller's wait, so no timer is armed per call; a caller
+        that is cancelled cancels its future, which the flush then skips.
         """
         self.breaker.check()
         loop = asyncio.get_running_loop()
@@ -230,14 +232,7 @@ class Store:
         self._batch.append((script, keys, args, future))
         if len(self._batch) == 1:
             loop.call_soon(self._start_flush)
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await asyncio.shield(future)
-        except TimeoutError:
-            # Nobody will read this future now; cancelled, _flush skips it instead of setting
-            # an exception that asyncio would log as "never retrieved".
-            future.cancel()
-            raise StoreUnavailable("timed out") from None
+        return await future
 
     def _start_flush(self) -> None:
         batch, self._batch = self._batch, []
@@ -279,10 +274,35 @@ class Store:
                 future.set_result(result)
 
     async def _execute(self, batch: list[_Pending]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for script, keys, args, _ in batch:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+        """The whole batch in one write on one pooled connection, then its replies in order.
+
+        redis-py's own packing, without its Pipeline object: the Pipeline's per-command
+        bookkeeping cost more than all the rest of a decision (profiled, BENCHMARKS.md). An error
+        reply (NOSCRIPT after a Redis restart) is a result, so the caller can retry just those.
+        """
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            packed = connection.pack_commands(
+                [
+                    ("EVALSHA", script.sha, len(keys), *keys, *args)
+                    for script, keys, args, _ in batch
+                ]
+            )
+            await connection.send_packed_command(packed, check_health=False)
+            results: list[Any] = []
+            for _ in batch:
+                try:
+                    results.append(await connection.read_response(disable_decoding=True))
+                except ResponseError as error:
+                    results.append(error)
+        except BaseException:
+            # Replies may still be on their way: this connection can never be trusted again.
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(connection)
+        return results
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
