@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from hiredis import pack_command
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ratelimit.settings import Settings
@@ -276,16 +277,17 @@ class Store:
     async def _execute(self, batch: list[_Pending]) -> list[Any]:
         """The whole batch in one write on one pooled connection, then its replies in order.
 
-        redis-py's own packing, without its Pipeline object: the Pipeline's per-command
-        bookkeeping cost more than all the rest of a decision (profiled, BENCHMARKS.md). An error
-        reply (NOSCRIPT after a Redis restart) is a result, so the caller can retry just those.
+        Packed by hiredis (C) and written on a connection from redis-py's pool, without redis-py's
+        Pipeline: its per-command bookkeeping and pure-Python packing cost more than all the rest
+        of a decision (profiled, BENCHMARKS.md). An error reply (NOSCRIPT after a Redis restart)
+        is a result, so the caller can retry just those.
         """
         pool = self.client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            packed = connection.pack_commands(
+            packed = b"".join(
                 [
-                    ("EVALSHA", script.sha, len(keys), *keys, *args)
+                    pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
                     for script, keys, args, _ in batch
                 ]
             )
