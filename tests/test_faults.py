@@ -117,7 +117,9 @@ def test_paused_redis_opens_the_breaker_then_answers_at_once_and_logs_one_warnin
     client = connect(daemon_port)
     assert client.ask(policy_request("10.0.1.1")) == "DUNNO"
 
-    redis_server.cli("CLIENT", "PAUSE", "8000", "ALL")
+    # Paused long enough for the ten requests below (3 x 1 s, then fast); it lifts by itself
+    # (a new redis-cli could not UNPAUSE: its own connection handshake would be paused too).
+    redis_server.cli("CLIENT", "PAUSE", "5000", "ALL")
     timings = [_timed(client, policy_request("10.0.1.1")) for _ in range(10)]
     assert [action for action, _ in timings] == [STORE_ERROR] * 10
     # Before the breaker opens each request waits out STORE_TIMEOUT (1 s); after it opens,
@@ -128,7 +130,6 @@ def test_paused_redis_opens_the_breaker_then_answers_at_once_and_logs_one_warnin
     assert log.count("circuit open") == 1
     assert log.count("store unavailable") == 1
 
-    redis_server.cli("CLIENT", "UNPAUSE")
     wait_for(lambda: client.ask(policy_request("10.0.1.2")) == "DUNNO", what="breaker closed")
     wait_for(lambda: "circuit closed" in daemon.log(), what="closing logged")
 
@@ -284,3 +285,42 @@ def test_five_thousand_idle_connections_keep_memory_bounded(
     # Unbounded buffering would show as far more than 10 KiB each.
     assert grown < 5000 * 10, f"{grown} KiB for 5000 idle connections"
     assert first.ask(policy_request("10.0.5.1")) == "DUNNO"
+
+
+def test_a_client_that_never_reads_its_answers_is_held_back_not_buffered(
+    redis_server: RedisServer,
+    tmp_path: Path,
+    daemon_port: int,
+    daemons: list[Daemon],
+    connect: Callable[[int], PolicyClient],
+) -> None:
+    # Every answer to the flooder is a 4 KB refusal, larger than its request: unread, the
+    # answers pile up faster than requests arrive, which is what backpressure must stop.
+    long_reply = "450 4.7.1 " + "x" * 4000 + " {ip}"
+    settings = _settings(redis_server, daemon_port, MESSAGE_LIMITS="1/1h", LIMIT_REPLY=long_reply)
+    daemon = _start(daemons, tmp_path, settings, daemon_port)
+    other = connect(daemon_port)
+    assert other.ask(policy_request("10.0.6.1", state="RCPT")) == "DUNNO"
+    limited = connect(daemon_port)
+    assert limited.ask(policy_request("10.0.6.2")) == "DUNNO"  # its one message: now at limit
+    before = daemon.rss_kib()
+    flooder = connect(daemon_port)
+    flooder.sock.setblocking(False)
+    request = policy_request("10.0.6.2", state="RCPT")
+    burst = request * 200
+    sent = 0
+    deadline = time.monotonic() + 3.0
+    # Pipelined requests, never a read: the daemon must stop reading from this client once its
+    # unsent answers pile up (backpressure), so our sends soon block instead of filling its
+    # memory with answers nobody reads.
+    while time.monotonic() < deadline and sent < 200 * 1024 * 1024:
+        try:
+            sent += flooder.sock.send(burst)
+        except BlockingIOError:
+            time.sleep(0.01)
+    grown = daemon.rss_kib() - before
+    # What the kernel's socket buffers hold is all that may be in flight (a few MB at most).
+    assert sent < 64 * 1024 * 1024, f"the daemon kept reading: {sent} bytes accepted"
+    assert grown < 30 * 1024, f"{grown} KiB grown while flooded"
+    # Everybody else is still served while the flooder is held back.
+    assert other.ask(policy_request("10.0.6.1", state="RCPT")) == "DUNNO"
