@@ -178,7 +178,9 @@ class Store:
         self.keys = keys
         self.timeout = timeout
         self._batch: list[_Pending] = []
-        self._flushing: set[asyncio.Task[None]] = set()
+        self._batch_since = 0.0  # loop time the oldest decision of the next batch arrived
+        self._flusher: asyncio.Task[None] | None = None
+        self._connection: Any = None  # the flusher's own connection, kept between batches
         self.breaker = CircuitBreaker(self.client.ping, timeout)
 
     @classmethod
@@ -230,20 +232,32 @@ class Store:
         self.breaker.check()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        if not self._batch:
+            self._batch_since = loop.time()
         self._batch.append((script, keys, args, future))
-        if len(self._batch) == 1:
-            loop.call_soon(self._start_flush)
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush_while_pending())
         return await future
 
-    def _start_flush(self) -> None:
-        batch, self._batch = self._batch, []
-        task = asyncio.get_running_loop().create_task(self._flush(batch))
-        self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
+    async def _flush_while_pending(self) -> None:
+        """One round trip at a time: what arrives while a batch is out goes in the next one.
 
-    async def _flush(self, batch: list[_Pending]) -> None:
+        Every decision that comes in during a round trip rides on the next, so under load the
+        batches grow by themselves and the syscalls per decision shrink; when idle, a decision
+        waits for nothing but its own round trip.
+        """
         try:
-            async with asyncio.timeout(self.timeout):
+            while self._batch:
+                batch, self._batch = self._batch, []
+                # STORE_TIMEOUT counts from the arrival of the batch's oldest decision, time
+                # spent waiting behind the previous round trip included.
+                await self._flush(batch, self._batch_since + self.timeout)
+        finally:
+            self._flusher = None
+
+    async def _flush(self, batch: list[_Pending], deadline: float) -> None:
+        try:
+            async with asyncio.timeout_at(deadline):
                 results = await self._execute(batch)
                 missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
                 if missing:
@@ -283,7 +297,10 @@ class Store:
         is a result, so the caller can retry just those.
         """
         pool = self.client.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        connection = self._connection
+        if connection is None:
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            self._connection = connection
         try:
             packed = b"".join(
                 [
@@ -300,10 +317,10 @@ class Store:
                     results.append(error)
         except BaseException:
             # Replies may still be on their way: this connection can never be trusted again.
+            self._connection = None
             await connection.disconnect(nowait=True)
-            raise
-        finally:
             await pool.release(connection)
+            raise
         return results
 
     async def ping(self) -> None:
@@ -311,6 +328,9 @@ class Store:
         await self.call(self.client.ping)
 
     async def aclose(self) -> None:
+        if self._connection is not None:
+            await self.client.connection_pool.release(self._connection)
+            self._connection = None
         await self.breaker.aclose()
         await self.client.aclose()
 
