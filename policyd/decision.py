@@ -111,6 +111,8 @@ class PolicyDecider:
         except StoreUnavailable as error:
             return self._store_failed(str(address), state, request, error)
         self._store_ok()
+        if verdict.outcome is not Outcome.LIMITED and not log.isEnabledFor(logging.DEBUG):
+            return DUNNO  # the common case: no address text, no log line to build
         return self._reply(str(address), state, request, verdict)
 
     def _reply(self, ip: str, state: str, request: PolicyRequest, verdict: Verdict) -> str:

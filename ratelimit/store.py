@@ -300,6 +300,9 @@ class Store:
         connection = self._connection
         if connection is None:
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            # The batch's own deadline bounds every read; without a socket timeout redis-py
+            # does not arm (and disarm) a timer for every reply as well.
+            connection.socket_timeout = None
             self._connection = connection
         try:
             packed = b"".join(
@@ -319,6 +322,7 @@ class Store:
             # Replies may still be on their way: this connection can never be trusted again.
             self._connection = None
             await connection.disconnect(nowait=True)
+            connection.socket_timeout = self.timeout
             await pool.release(connection)
             raise
         return results
@@ -329,6 +333,7 @@ class Store:
 
     async def aclose(self) -> None:
         if self._connection is not None:
+            self._connection.socket_timeout = self.timeout
             await self.client.connection_pool.release(self._connection)
             self._connection = None
         await self.breaker.aclose()
