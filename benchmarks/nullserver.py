@@ -16,6 +16,7 @@ import asyncio
 import signal
 import sys
 
+from policyd.cli import run_event_loop
 from policyd.protocol import PolicyRequest
 from policyd.server import ConnectionLimits, PolicyServer
 from ratelimit.settings import parse_listen
@@ -45,14 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("listen", help="host:port, as POLICY_LISTEN")
     parser.add_argument("--max-connections", type=int, default=1000)
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        factory = None
-    else:
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve(args.listen, args.max_connections))
+    # The same event loop as smtp-whitelist's (uvloop when installed), so only the work differs.
+    return run_event_loop(serve(args.listen, args.max_connections))
 
 
 if __name__ == "__main__":

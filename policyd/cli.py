@@ -154,7 +154,7 @@ def run(argv: list[str] | None = None) -> int:
     command: Callable[[argparse.Namespace, Settings, Path | None], Awaitable[int]]
     command = COMMANDS[args.command]
     try:
-        return _run_loop(command(args, settings, env_file))
+        return run_event_loop(command(args, settings, env_file))
     except UsageError as error:
         print(f"smtp-whitelist: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -165,7 +165,7 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def _run_loop(coroutine: Awaitable[int]) -> int:
+def run_event_loop(coroutine: Awaitable[int]) -> int:
     """Run on uvloop when it is installed (the ``fast`` extra), else on asyncio's own loop."""
     try:
         import uvloop
