@@ -61,6 +61,7 @@ class PolicyConnection(asyncio.Protocol):
         self.peer = "?"
         self.worker: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timing_request = False  # the timer is REQUEST_TIMEOUT's, armed at a first byte
         self.reading_paused = False
         self.writing_paused = False
         self.closing = False
@@ -95,7 +96,10 @@ class PolicyConnection(asyncio.Protocol):
                 self.worker = asyncio.get_running_loop().create_task(self._answer())
             if len(self.queue) >= MAX_QUEUED_REQUESTS:
                 self._pause_reading()
-        self._arm_timer()
+        # REQUEST_TIMEOUT runs from a request's first byte: more bytes of the same request must
+        # not restart it, or a client trickling one byte at a time would never time out.
+        if requests or not self.timing_request:
+            self._arm_timer()
 
     def eof_received(self) -> bool:
         # Half-close: answer what was asked, then close (return False closes after writes).
@@ -152,17 +156,20 @@ class PolicyConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.timing_request = False
         if self.worker is not None or self.closing:
             return  # a decision is in flight: its own timeout (STORE_TIMEOUT) bounds it
         limits = self.server.limits
         if self.parser.pending:
             delay, why = limits.request_timeout, "request not completed"
+            self.timing_request = True
         else:
             delay, why = limits.idle_timeout, "idle"
         self.timer = asyncio.get_running_loop().call_later(delay, self._expire, why, delay)
 
     def _expire(self, why: str, delay: float) -> None:
         self.timer = None
+        self.timing_request = False
         if why == "idle":
             log.debug("closing idle policy connection from %s after %.0fs", self.peer, delay)
         else:

@@ -324,3 +324,40 @@ def test_a_client_that_never_reads_its_answers_is_held_back_not_buffered(
     assert grown < 30 * 1024, f"{grown} KiB grown while flooded"
     # Everybody else is still served while the flooder is held back.
     assert other.ask(policy_request("10.0.6.1", state="RCPT")) == "DUNNO"
+
+
+def test_a_request_trickled_byte_by_byte_is_cut_off_after_request_timeout(
+    redis_server: RedisServer,
+    tmp_path: Path,
+    daemon_port: int,
+    daemons: list[Daemon],
+    connect: Callable[[int], PolicyClient],
+) -> None:
+    settings = _settings(redis_server, daemon_port, REQUEST_TIMEOUT="1", IDLE_TIMEOUT="30")
+    daemon = _start(daemons, tmp_path, settings, daemon_port)
+    trickler = connect(daemon_port)
+    request = policy_request("10.0.7.1")
+    began = time.monotonic()
+    closed_after = None
+    # One byte every 0.1 s: each byte is progress, but the whole request is not there after
+    # REQUEST_TIMEOUT (1 s), counted from its first byte, so the daemon must close it.
+    for byte in request[:60]:
+        try:
+            trickler.sock.sendall(bytes([byte]))
+        except OSError:
+            closed_after = time.monotonic() - began
+            break
+        time.sleep(0.1)
+        trickler.sock.settimeout(0.001)
+        try:
+            if trickler.sock.recv(1) == b"":
+                closed_after = time.monotonic() - began
+                break
+        except TimeoutError:
+            pass
+        finally:
+            trickler.sock.settimeout(10)
+    assert closed_after is not None, "a trickled request kept its connection beyond 6 s"
+    assert 0.9 < closed_after < 3.0, closed_after
+    assert "request not completed" in daemon.log()
+    assert connect(daemon_port).ask(policy_request("10.0.7.2")) == "DUNNO"
