@@ -8,7 +8,7 @@ import ipaddress
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,50 +30,46 @@ from tests.helpers import (
 STORE_ERROR = "451 4.3.0 store down, try later"
 
 
-def _settings(redis: RedisServer, port: int, **extra: str) -> dict[str, str]:
-    base = {
-        "REDIS_URL": redis.url,
-        "POLICY_LISTEN": f"127.0.0.1:{port}",
-        "MESSAGE_LIMITS": "3/1h",
-        "RECIPIENT_LIMITS": "",
-        "ON_STORE_ERROR": STORE_ERROR,
-        "STORE_TIMEOUT": "0.5",
-    }
-    base.update(extra)
-    return base
+class Harness:
+    """One ``smtp-whitelist policyd`` process under test, its Redis, and the connections the
+    test opens to it; all stopped and closed after the test."""
+
+    def __init__(self, redis: RedisServer, directory: Path) -> None:
+        self.redis = redis
+        self.directory = directory
+        self.port = free_port()
+        self.daemon: Daemon | None = None
+        self.clients: list[PolicyClient] = []
+
+    def start(self, **settings: str) -> Daemon:
+        """Start the daemon with these settings on top of the fault tests' defaults."""
+        base = {
+            "REDIS_URL": self.redis.url,
+            "POLICY_LISTEN": f"127.0.0.1:{self.port}",
+            "MESSAGE_LIMITS": "3/1h",
+            "RECIPIENT_LIMITS": "",
+            "ON_STORE_ERROR": STORE_ERROR,
+            "STORE_TIMEOUT": "0.5",
+        }
+        self.daemon = Daemon("policyd", base | settings, self.directory / "policyd")
+        return self.daemon.start(wait_port=("127.0.0.1", self.port))
+
+    def connect(self) -> PolicyClient:
+        self.clients.append(PolicyClient("127.0.0.1", self.port))
+        return self.clients[-1]
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        if self.daemon is not None:
+            self.daemon.stop()
 
 
 @pytest.fixture
-def daemon_port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def connect() -> Iterator[Callable[[int], PolicyClient]]:
-    """Open policy connections to 127.0.0.1:port; all closed after the test."""
-    opened: list[PolicyClient] = []
-
-    def open_one(port: int) -> PolicyClient:
-        opened.append(PolicyClient("127.0.0.1", port))
-        return opened[-1]
-
-    yield open_one
-    for client in opened:
-        client.close()
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
-
-
-def _start(daemons: list[Daemon], tmp_path: Path, settings: dict[str, str], port: int) -> Daemon:
-    daemon = Daemon("policyd", settings, tmp_path / f"d{len(daemons)}")
-    daemons.append(daemon)
-    return daemon.start(wait_port=("127.0.0.1", port))
+def harness(redis_server: RedisServer, tmp_path: Path) -> Iterator[Harness]:
+    running = Harness(redis_server, tmp_path)
+    yield running
+    running.close()
 
 
 def _timed(client: PolicyClient, request: bytes) -> tuple[str | None, float]:
@@ -82,21 +78,15 @@ def _timed(client: PolicyClient, request: bytes) -> tuple[str | None, float]:
     return action, time.monotonic() - began
 
 
-def test_starts_while_redis_is_down_and_limits_apply_once_it_is_up(
-    redis_server: RedisServer,
-    tmp_path: Path,
-    daemon_port: int,
-    daemons: list[Daemon],
-    connect: Callable[[int], PolicyClient],
-) -> None:
-    redis_server.stop()
-    daemon = _start(daemons, tmp_path, _settings(redis_server, daemon_port), daemon_port)
-    client = connect(daemon_port)
+def test_starts_while_redis_is_down_and_limits_apply_once_it_is_up(harness: Harness) -> None:
+    harness.redis.stop()
+    daemon = harness.start()
+    client = harness.connect()
     for _ in range(5):
         assert client.ask(policy_request("10.0.0.1")) == STORE_ERROR
     assert "Redis unreachable at start" in daemon.log()
 
-    redis_server.start()
+    harness.redis.start()
     # The breaker's own probe finds Redis; no restart of the daemon, same connection.
     wait_for(lambda: client.ask(policy_request("10.0.0.2")) == "DUNNO", what="Redis back")
     answers = [client.ask(policy_request("10.0.0.3")) for _ in range(4)]
@@ -106,20 +96,15 @@ def test_starts_while_redis_is_down_and_limits_apply_once_it_is_up(
 
 
 def test_paused_redis_opens_the_breaker_then_answers_at_once_and_logs_one_warning(
-    redis_server: RedisServer,
-    tmp_path: Path,
-    daemon_port: int,
-    daemons: list[Daemon],
-    connect: Callable[[int], PolicyClient],
+    harness: Harness,
 ) -> None:
-    settings = _settings(redis_server, daemon_port, STORE_TIMEOUT="1.0")
-    daemon = _start(daemons, tmp_path, settings, daemon_port)
-    client = connect(daemon_port)
+    daemon = harness.start(STORE_TIMEOUT="1.0")
+    client = harness.connect()
     assert client.ask(policy_request("10.0.1.1")) == "DUNNO"
 
     # Paused long enough for the ten requests below (3 x 1 s, then fast); it lifts by itself
     # (a new redis-cli could not UNPAUSE: its own connection handshake would be paused too).
-    redis_server.cli("CLIENT", "PAUSE", "5000", "ALL")
+    harness.redis.cli("CLIENT", "PAUSE", "5000", "ALL")
     timings = [_timed(client, policy_request("10.0.1.1")) for _ in range(10)]
     assert [action for action, _ in timings] == [STORE_ERROR] * 10
     # Before the breaker opens each request waits out STORE_TIMEOUT (1 s); after it opens,
@@ -134,17 +119,11 @@ def test_paused_redis_opens_the_breaker_then_answers_at_once_and_logs_one_warnin
     wait_for(lambda: "circuit closed" in daemon.log(), what="closing logged")
 
 
-def test_slow_redis_is_answered_within_store_timeout(
-    redis_server: RedisServer,
-    tmp_path: Path,
-    daemon_port: int,
-    daemons: list[Daemon],
-    connect: Callable[[int], PolicyClient],
-) -> None:
-    _start(daemons, tmp_path, _settings(redis_server, daemon_port), daemon_port)
-    client = connect(daemon_port)
+def test_slow_redis_is_answered_within_store_timeout(harness: Harness) -> None:
+    harness.start()
+    client = harness.connect()
     assert client.ask(policy_request("10.0.2.1")) == "DUNNO"
-    sleeper = threading.Thread(target=redis_server.cli, args=("DEBUG", "SLEEP", "3"))
+    sleeper = threading.Thread(target=harness.redis.cli, args=("DEBUG", "SLEEP", "3"))
     sleeper.start()
     time.sleep(0.2)
     try:
@@ -208,21 +187,13 @@ def test_redis_restart_with_aof_keeps_grants_their_ttl_and_counts(tmp_path: Path
         persistent.stop()
 
 
-def test_sighup_applies_new_limits_and_reply_without_dropping_connections(
-    redis_server: RedisServer,
-    tmp_path: Path,
-    daemon_port: int,
-    daemons: list[Daemon],
-    connect: Callable[[int], PolicyClient],
-) -> None:
-    env_file = tmp_path / "swl.env"
+def test_sighup_applies_new_limits_and_reply_without_dropping_connections(harness: Harness) -> None:
+    env_file = harness.directory / "swl.env"
     env_file.write_text("SMTP_WHITELIST_MESSAGE_LIMITS=2/1h\n")
     # As systemd's EnvironmentFile= does: the file's lines are also in the environment. The
     # reload must still see the edited file, not the copy taken at start.
-    settings = _settings(redis_server, daemon_port, MESSAGE_LIMITS="2/1h")
-    settings["ENV_FILE"] = str(env_file)
-    daemon = _start(daemons, tmp_path, settings, daemon_port)
-    client = connect(daemon_port)
+    daemon = harness.start(MESSAGE_LIMITS="2/1h", ENV_FILE=str(env_file))
+    client = harness.connect()
     answers = [client.ask(policy_request("10.0.3.1")) for _ in range(3)]
     assert answers[:2] == ["DUNNO", "DUNNO"]
     assert answers[2] is not None
@@ -249,15 +220,9 @@ def test_sighup_applies_new_limits_and_reply_without_dropping_connections(
     assert daemon.process.poll() is None
 
 
-def test_sigterm_exits_zero_promptly_with_idle_connections_open(
-    redis_server: RedisServer,
-    tmp_path: Path,
-    daemon_port: int,
-    daemons: list[Daemon],
-    connect: Callable[[int], PolicyClient],
-) -> None:
-    daemon = _start(daemons, tmp_path, _settings(redis_server, daemon_port), daemon_port)
-    clients = [connect(daemon_port) for _ in range(20)]
+def test_sigterm_exits_zero_promptly_with_idle_connections_open(harness: Harness) -> None:
+    daemon = harness.start()
+    clients = [harness.connect() for _ in range(20)]
     assert all(c.ask(policy_request("10.0.4.1", state="RCPT")) == "DUNNO" for c in clients)
     began = time.monotonic()
     assert daemon.stop(timeout=10) == 0
@@ -265,19 +230,12 @@ def test_sigterm_exits_zero_promptly_with_idle_connections_open(
     assert all(c.sock.recv(1) == b"" for c in clients)  # closed cleanly by the server
 
 
-def test_five_thousand_idle_connections_keep_memory_bounded(
-    redis_server: RedisServer,
-    tmp_path: Path,
-    daemon_port: int,
-    daemons: list[Daemon],
-    connect: Callable[[int], PolicyClient],
-) -> None:
-    settings = _settings(redis_server, daemon_port, MAX_CONNECTIONS="6000")
-    daemon = _start(daemons, tmp_path, settings, daemon_port)
-    first = connect(daemon_port)
+def test_five_thousand_idle_connections_keep_memory_bounded(harness: Harness) -> None:
+    daemon = harness.start(MAX_CONNECTIONS="6000")
+    first = harness.connect()
     assert first.ask(policy_request("10.0.5.1")) == "DUNNO"
     before = daemon.rss_kib()
-    idle = [connect(daemon_port) for _ in range(5000)]
+    idle = [harness.connect() for _ in range(5000)]
     # Each one has been accepted: a request on the last still gets its answer.
     assert idle[-1].ask(policy_request("10.0.5.2")) == "DUNNO"
     grown = daemon.rss_kib() - before
@@ -287,24 +245,17 @@ def test_five_thousand_idle_connections_keep_memory_bounded(
     assert first.ask(policy_request("10.0.5.1")) == "DUNNO"
 
 
-def test_a_client_that_never_reads_its_answers_is_held_back_not_buffered(
-    redis_server: RedisServer,
-    tmp_path: Path,
-    daemon_port: int,
-    daemons: list[Daemon],
-    connect: Callable[[int], PolicyClient],
-) -> None:
+def test_a_client_that_never_reads_its_answers_is_held_back_not_buffered(harness: Harness) -> None:
     # Every answer to the flooder is a 4 KB refusal, larger than its request: unread, the
     # answers pile up faster than requests arrive, which is what backpressure must stop.
     long_reply = "450 4.7.1 " + "x" * 4000 + " {ip}"
-    settings = _settings(redis_server, daemon_port, MESSAGE_LIMITS="1/1h", LIMIT_REPLY=long_reply)
-    daemon = _start(daemons, tmp_path, settings, daemon_port)
-    other = connect(daemon_port)
+    daemon = harness.start(MESSAGE_LIMITS="1/1h", LIMIT_REPLY=long_reply)
+    other = harness.connect()
     assert other.ask(policy_request("10.0.6.1", state="RCPT")) == "DUNNO"
-    limited = connect(daemon_port)
+    limited = harness.connect()
     assert limited.ask(policy_request("10.0.6.2")) == "DUNNO"  # its one message: now at limit
     before = daemon.rss_kib()
-    flooder = connect(daemon_port)
+    flooder = harness.connect()
     flooder.sock.setblocking(False)
     request = policy_request("10.0.6.2", state="RCPT")
     burst = request * 200
@@ -326,16 +277,9 @@ def test_a_client_that_never_reads_its_answers_is_held_back_not_buffered(
     assert other.ask(policy_request("10.0.6.1", state="RCPT")) == "DUNNO"
 
 
-def test_a_request_trickled_byte_by_byte_is_cut_off_after_request_timeout(
-    redis_server: RedisServer,
-    tmp_path: Path,
-    daemon_port: int,
-    daemons: list[Daemon],
-    connect: Callable[[int], PolicyClient],
-) -> None:
-    settings = _settings(redis_server, daemon_port, REQUEST_TIMEOUT="1", IDLE_TIMEOUT="30")
-    daemon = _start(daemons, tmp_path, settings, daemon_port)
-    trickler = connect(daemon_port)
+def test_a_request_trickled_byte_by_byte_is_cut_off_after_request_timeout(harness: Harness) -> None:
+    daemon = harness.start(REQUEST_TIMEOUT="1", IDLE_TIMEOUT="30")
+    trickler = harness.connect()
     request = policy_request("10.0.7.1")
     began = time.monotonic()
     closed_after = None
@@ -360,4 +304,4 @@ def test_a_request_trickled_byte_by_byte_is_cut_off_after_request_timeout(
     assert closed_after is not None, "a trickled request kept its connection beyond 6 s"
     assert 0.9 < closed_after < 3.0, closed_after
     assert "request not completed" in daemon.log()
-    assert connect(daemon_port).ask(policy_request("10.0.7.2")) == "DUNNO"
+    assert harness.connect().ask(policy_request("10.0.7.2")) == "DUNNO"
