@@ -6,7 +6,7 @@ import contextlib
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -237,3 +237,37 @@ class Daemon:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise AssertionError("no VmRSS")
+
+
+@contextlib.contextmanager
+def webhook_process(
+    directory: Path, redis_binary: str, settings: dict[str, str]
+) -> Iterator[tuple[Daemon, int]]:
+    """``smtp-whitelist webhook`` as a real process with its own redis-server, and its port.
+
+    On the way out it checks what a long run against it must leave behind: a clean exit (0) and
+    no traceback anywhere in its log, even where every answer looked fine.
+    """
+    redis_server = RedisServer(redis_binary, directory / "redis")
+    redis_server.start()
+    port = free_port()
+    daemon = Daemon(
+        "webhook",
+        {
+            "REDIS_URL": redis_server.url,
+            "WEBHOOK_LISTEN": f"127.0.0.1:{port}",
+            "LOG_LEVEL": "WARNING",
+            **settings,
+        },
+        directory / "webhook",
+    )
+    try:
+        daemon.start(wait_port=("127.0.0.1", port))
+        yield daemon, port
+    finally:
+        status = daemon.stop()
+        redis_server.stop()
+        log = daemon.log()
+        assert status == 0, log
+        assert "Traceback" not in log, log
+        assert "unexpected error" not in log, log  # the webhook's 500 path, logged

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import require_tool
-from tests.helpers import Daemon, RedisServer, free_port
+from tests.helpers import Daemon, webhook_process
 from webhook import auth
 from webhook.app import MAX_BODY
 
@@ -148,32 +148,15 @@ def check_answer(answer: Answer, allowed: set[int]) -> None:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """``smtp-whitelist webhook`` and its own redis-server, shared by the module's runs."""
-    tmp_path = tmp_path_factory.mktemp("webhook-fuzz")
-    redis_server = RedisServer(require_tool("redis-server"), tmp_path / "redis")
-    redis_server.start()
-    port = free_port()
-    daemon = Daemon(
-        "webhook",
-        {
-            "REDIS_URL": redis_server.url,
-            "WEBHOOK_SECRET": SECRET,
-            "WEBHOOK_LISTEN": f"127.0.0.1:{port}",
-            "ALLOWED_NETWORKS": ALLOWED,
-            # High enough that the few users below rarely hit the cap; 429 stays possible.
-            "MAX_GRANTS_PER_USER": "50",
-            "LOG_LEVEL": "WARNING",
-        },
-        tmp_path / "webhook",
-    ).start(wait_port=("127.0.0.1", port))
-    try:
+    settings = {
+        "WEBHOOK_SECRET": SECRET,
+        "ALLOWED_NETWORKS": ALLOWED,
+        # High enough that the few users below rarely hit the cap; 429 stays possible.
+        "MAX_GRANTS_PER_USER": "50",
+    }
+    directory = tmp_path_factory.mktemp("webhook-fuzz")
+    with webhook_process(directory, require_tool("redis-server"), settings) as (daemon, port):
         yield Live("127.0.0.1", port, daemon)
-    finally:
-        status = daemon.stop()
-        redis_server.stop()
-        log = daemon.log()
-        assert status == 0, log
-        assert "Traceback" not in log, log
-        assert "unexpected error" not in log, log
 
 
 @pytest.fixture

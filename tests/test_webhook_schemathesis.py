@@ -47,7 +47,7 @@ from ratelimit.nonces import NonceLedger
 from ratelimit.settings import Settings
 from ratelimit.store import Store
 from tests.conftest import require_tool
-from tests.helpers import Daemon, RedisServer, free_port
+from tests.helpers import webhook_process
 from webhook import auth
 from webhook.app import build_app
 from webhook.registered_name import RegisteredNameChecker
@@ -140,31 +140,14 @@ def live_webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     One for the module: started once, it also proves the server stays healthy through every
     run. Grants left by one run are simply more state for the next.
     """
-    tmp_path = tmp_path_factory.mktemp("schemathesis")
-    redis_server = RedisServer(require_tool("redis-server"), tmp_path / "redis")
-    redis_server.start()
-    port = free_port()
-    daemon = Daemon(
-        "webhook",
-        {
-            "REDIS_URL": redis_server.url,
-            "WEBHOOK_SECRET": SECRET,
-            "WEBHOOK_LISTEN": f"127.0.0.1:{port}",
-            "ALLOWED_NETWORKS": ALLOWED,
-            "MAX_GRANTS_PER_USER": str(MAX_GRANTS),
-            "LOG_LEVEL": "WARNING",
-        },
-        tmp_path / "webhook",
-    ).start(wait_port=("127.0.0.1", port))
-    try:
+    settings = {
+        "WEBHOOK_SECRET": SECRET,
+        "ALLOWED_NETWORKS": ALLOWED,
+        "MAX_GRANTS_PER_USER": str(MAX_GRANTS),
+    }
+    directory = tmp_path_factory.mktemp("schemathesis")
+    with webhook_process(directory, require_tool("redis-server"), settings) as (_, port):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        status = daemon.stop()
-        redis_server.stop()
-        log = daemon.log()
-        assert status == 0, log
-        # An internal error is logged with its traceback even when the answer looked fine.
-        assert "Traceback" not in log, log
 
 
 @pytest.fixture(scope="module")
