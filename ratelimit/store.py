@@ -222,10 +222,11 @@ class Store:
         return await self.call(run)
 
     async def run_script_batched(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """Like :meth:`run_script`, but calls made in the same event-loop turn share one round trip.
+        """Like :meth:`run_script`, but calls made together share one round trip: those of one
+        event-loop turn, and those that arrive while the previous round trip is out.
 
         Each script still runs atomically on its own; the batch only saves the network and
-        syscall cost that would otherwise be paid once per decision. The batch's own timeout
+        syscall cost that would otherwise be paid once per decision. The batch's own deadline
         (in :meth:`_flush`) bounds every caller's wait, so no timer is armed per call; a caller
         that is cancelled cancels its future, which the flush then skips.
         """
