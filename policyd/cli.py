@@ -267,6 +267,18 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
             settings.on_store_error,
         )
     notify("READY=1")
+    if policy:
+        # What an operator needs to read the decision lines that follow.
+        log.info(
+            "limits: messages %s, recipients %s, per /%d (IPv4) and /%d (IPv6); exempt %s;"
+            " on a Redis failure %s",
+            ",".join(map(str, settings.message_limits)) or "none",
+            ",".join(map(str, settings.recipient_limits)) or "none",
+            settings.ipv4_prefix,
+            settings.ipv6_prefix,
+            ",".join(map(str, settings.exempt_networks)) or "none",
+            settings.on_store_error,
+        )
     log.info("ready (pid %d)", os.getpid())
     await stopping.wait()
     notify("STOPPING=1")

@@ -85,6 +85,11 @@ def test_starts_while_redis_is_down_and_limits_apply_once_it_is_up(harness: Harn
     for _ in range(5):
         assert client.ask(policy_request("10.0.0.1")) == STORE_ERROR
     assert "Redis unreachable at start" in daemon.log()
+    # The start-up line an operator reads the later decision lines by.
+    assert (
+        f"limits: messages 3/1h, recipients none, per /32 (IPv4) and /64 (IPv6); exempt none;"
+        f" on a Redis failure {STORE_ERROR}" in daemon.log()
+    )
 
     harness.redis.start()
     # The breaker's own probe finds Redis; no restart of the daemon, same connection.
