@@ -106,41 +106,47 @@ class RedisServer:
         return out.stdout.strip()
 
 
+# Every attribute Postfix 3.7 sends (SMTPD_POLICY_README, "Protocol description"), in its order;
+# compatibility_level and mail_version only came with 3.8.
+POSTFIX_37_REQUEST: dict[str, str] = {
+    "request": "smtpd_access_policy",
+    "protocol_state": "RCPT",
+    "protocol_name": "ESMTP",
+    "helo_name": "pc42.cs.example.edu.tw",
+    "queue_id": "8045F2AB23",
+    "sender": "alice@cs.example.edu.tw",
+    "recipient": "bob@example.org",
+    "recipient_count": "0",
+    "client_address": "198.51.100.23",
+    "client_name": "pc42.cs.example.edu.tw",
+    "reverse_client_name": "pc42.cs.example.edu.tw",
+    "instance": "123.456.7",
+    "sasl_method": "plain",
+    "sasl_username": "alice",
+    "sasl_sender": "",
+    "size": "12345",
+    "ccert_subject": "solaris9.porcupine.org",
+    "ccert_issuer": "Wietse+20Venema",
+    "ccert_fingerprint": "C2:9D:F4:87:71:73:73:D9:18:E7:C2:F3:C1:DA:6E:04",
+    "encryption_protocol": "TLSv1.3",
+    "encryption_cipher": "TLS_AES_256_GCM_SHA384",
+    "encryption_keysize": "256",
+    "etrn_domain": "",
+    "stress": "",
+    "ccert_pubkey_fingerprint": "68:B3:29:DA:98:93:E3:40:99:C7:D8:AD:5C:B9:C9:40",
+    "client_port": "49152",
+    "policy_context": "submission",
+    "server_address": "192.0.2.25",
+    "server_port": "587",
+}
+
+
 def policy_request(client: str, state: str = "DATA", recipients: int = 1, **extra: str) -> bytes:
-    """A request with the attributes Postfix 3.7 sends (SMTPD_POLICY_README)."""
-    attributes = {
-        "request": "smtpd_access_policy",
-        "protocol_state": state,
-        "protocol_name": "ESMTP",
-        "client_address": client,
-        "client_name": "unknown",
-        "client_port": "40000",
-        "reverse_client_name": "unknown",
-        "server_address": "127.0.0.1",
-        "server_port": "25",
-        "helo_name": "pc.example.org",
-        "sender": "someone@example.org",
-        "recipient": "friend@example.net",
-        "recipient_count": str(recipients),
-        "queue_id": "4XbQ2T0gV7z9",
-        "instance": "1a2b.6589f0c1.3d0a.0",
-        "size": "1234",
-        "etrn_domain": "",
-        "stress": "",
-        "sasl_method": "",
-        "sasl_username": "",
-        "sasl_sender": "",
-        "ccert_subject": "",
-        "ccert_issuer": "",
-        "ccert_fingerprint": "",
-        "encryption_protocol": "TLSv1.3",
-        "encryption_cipher": "TLS_AES_256_GCM_SHA384",
-        "encryption_keysize": "256",
-        "policy_context": "",
-        "compatibility_level": "3.7",
-        "mail_version": "3.7.11",
-    }
-    attributes.update(extra)
+    """The Postfix 3.7 request, encoded, for ``client`` at ``state`` with ``recipients``."""
+    attributes = dict(POSTFIX_37_REQUEST)
+    attributes.update(
+        protocol_state=state, client_address=client, recipient_count=str(recipients), **extra
+    )
     return "".join(f"{k}={v}\n" for k, v in attributes.items()).encode() + b"\n"
 
 

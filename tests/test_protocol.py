@@ -25,7 +25,8 @@ from policyd.protocol import (
     encode_request,
     parse_reply,
 )
-from tests.policy_helpers import POSTFIX_37_REQUEST, postfix_request
+from tests.helpers import POSTFIX_37_REQUEST
+from tests.policy_helpers import postfix_request
 
 # The request exactly as Postfix writes it on the wire.
 WIRE = encode_request(POSTFIX_37_REQUEST)
