@@ -148,7 +148,15 @@ def run(argv: list[str] | None = None) -> int:
         for line in error.lines:
             print(f"smtp-whitelist: {line}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(settings.log_level, settings.log_format)
+    try:
+        logs.configure(settings.log_level, settings.log_format, settings.syslog_facility)
+    except OSError as error:
+        print(
+            f"smtp-whitelist: SMTP_WHITELIST_SYSLOG_FACILITY: cannot reach {logs.SYSLOG_SOCKET}"
+            f" ({error.strerror or error})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if env_file is not None:
         forget_inherited_copies(env_file)
     command: Callable[[argparse.Namespace, Settings, Path | None], Awaitable[int]]
@@ -198,10 +206,14 @@ async def _cmd_serve(args: argparse.Namespace, settings: Settings, env: Path | N
 async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webhook: bool) -> int:
     """Run the policy server and/or the webhook until SIGTERM; SIGHUP reloads the settings."""
     from policyd.decision import PolicyDecider, Replies
+    from policyd.reload import apply_reload
+    from policyd.scope import LimitedScope
     from policyd.sdnotify import notify
     from policyd.server import ConnectionLimits, PolicyServer
     from policyd.stage_watch import StageWatch
     from ratelimit.limiter import LimitConfig, Limiter
+    from ratelimit.stage_evidence import StageEvidence
+    from webhook.app import WEBHOOK
 
     if webhook and settings.webhook_secret is None:
         raise UsageError("SMTP_WHITELIST_WEBHOOK_SECRET: required to run the webhook")
@@ -209,7 +221,20 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     loop = asyncio.get_running_loop()
     store = Store.from_settings(settings)
     limiter = Limiter(store, LimitConfig.from_settings(settings))
-    decider = PolicyDecider(limiter, Replies.from_settings(settings), StageWatch())
+    watch = StageWatch()
+    watch.set_limits(*smallest_counts(settings))
+    evidence = StageEvidence(store)
+
+    async def report(warning: str | None) -> None:
+        await (evidence.clear() if warning is None else evidence.report(warning))
+
+    decider = PolicyDecider(
+        limiter,
+        Replies.from_settings(settings),
+        watch,
+        scope=LimitedScope(settings.limited_networks),
+        report=report,
+    )
     server = PolicyServer(
         decider,
         ConnectionLimits(settings.max_connections, settings.idle_timeout, settings.request_timeout),
@@ -218,6 +243,7 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     runner: Any = None
 
     def reload() -> None:
+        nonlocal settings
         notify("RELOADING=1")
         try:
             new = load_settings(env_file)
@@ -225,24 +251,19 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
             problems = error.lines
         else:
             problems = []
+            limiter.reconfigure(LimitConfig.from_settings(new))
+            decider.replies = Replies.from_settings(new)
+            decider.scope = LimitedScope(new.limited_networks)
+            watch.set_limits(*smallest_counts(new))
         for line in problems:
             log.error("SIGHUP: invalid settings, keeping the running ones: %s", line)
         if not problems:
-            limiter.reconfigure(LimitConfig.from_settings(new))
-            decider.replies = Replies.from_settings(new)
-            restart = [
-                name
-                for name in ("redis_url", "key_prefix", "policy_listen", "webhook_listen")
-                if getattr(new, name) != getattr(settings, name)
-            ]
-            log.info(
-                "SIGHUP: settings reloaded: message limits %s, recipient limits %s, exempt %s",
-                ",".join(map(str, new.message_limits)) or "none",
-                ",".join(map(str, new.recipient_limits)) or "none",
-                ",".join(map(str, new.exempt_networks)) or "none",
+            settings = apply_reload(
+                settings,
+                new,
+                server=server if policy else None,
+                webhook=runner.app[WEBHOOK] if runner is not None else None,
             )
-            if restart:
-                log.warning("SIGHUP: %s changed; they take effect on restart", ", ".join(restart))
         notify("READY=1")
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -271,13 +292,15 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
         # What an operator needs to read the decision lines that follow.
         log.info(
             "limits: messages %s, recipients %s, per /%d (IPv4) and /%d (IPv6); exempt %s;"
-            " on a Redis failure %s",
+            " on a Redis failure %s; limited networks %s; MODE=%s",
             ",".join(map(str, settings.message_limits)) or "none",
             ",".join(map(str, settings.recipient_limits)) or "none",
             settings.ipv4_prefix,
             settings.ipv6_prefix,
             ",".join(map(str, settings.exempt_networks)) or "none",
             settings.on_store_error,
+            ",".join(map(str, settings.limited_networks)) or "all (LIMITED_NETWORKS is empty)",
+            settings.mode,
         )
     log.info("ready (pid %d)", os.getpid())
     await stopping.wait()
@@ -501,14 +524,35 @@ async def _ask(target: ListenAddress, request: bytes) -> str | None:
 
 
 async def _cmd_check(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    from ratelimit.stage_evidence import StageEvidence
+
     print(f"env file: {env if env else '(none; environment only)'}")
     for name, value in settings.masked().items():
         print(f"{name}={value}")
     async with _store(settings) as store:
         await store.ping()
         info = await store.call(lambda: store.client.info("server"))
+        note = await StageEvidence(store).read()
+    if note is not None:
+        # Known only once a policy server has seen the evidence (see policyd/stage_watch.py).
+        print(
+            f"WARNING: the policy server on {note.host} reported at {logs.rfc3339(note.at)}:"
+            f" {note.text}"
+        )
+    if not settings.limited_networks:
+        print(
+            "note: SMTP_WHITELIST_LIMITED_NETWORKS is empty, so every client Postfix asks about"
+            " is limited; set it to the campus networks (your mynetworks)"
+        )
     print(f"redis: ok (version {info.get('redis_version', '?')}, {socket.gethostname()})")
     return EXIT_OK
+
+
+def smallest_counts(settings: Settings) -> tuple[int | None, int | None]:
+    """The smallest message and recipient counts among the limits (None: no such limit)."""
+    messages = min((lim.count for lim in settings.message_limits), default=None)
+    recipients = min((lim.count for lim in settings.recipient_limits), default=None)
+    return messages, recipients
 
 
 class _store:

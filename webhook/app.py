@@ -156,6 +156,15 @@ class Webhook:
         self.resolver = resolver
         self.clock = clock
 
+    def reconfigure(self, settings: Settings) -> None:
+        """SIGHUP: the campus rules, DNS rule, TTL and secret apply from the next request."""
+        if settings.webhook_secret is None:
+            raise ValueError("SMTP_WHITELIST_WEBHOOK_SECRET is required for the webhook")
+        self._secret = settings.webhook_secret.get_secret_value()
+        self.settings = settings
+        self.resolver = RegisteredNameChecker.from_settings(settings)
+        self.grants.default_ttl = settings.whitelist_ttl
+
     async def healthz(self, request: web.Request) -> web.Response:
         """``GET /healthz``, unsigned: whether Redis answers."""
         try:
@@ -345,6 +354,9 @@ async def _read_body(request: web.Request) -> bytes:
         raise ApiError(413, "too_large", f"the body may be at most {MAX_BODY} bytes") from None
 
 
+WEBHOOK = web.AppKey("webhook", Webhook)
+
+
 def build_app(
     settings: Settings,
     grants: Grants,
@@ -362,6 +374,7 @@ def build_app(
         # The error middleware is outermost, so even the in-flight refusal is shaped by it.
         middlewares=[_errors, _in_flight_limit(max_in_flight)],
     )
+    app[WEBHOOK] = hooks  # SIGHUP reaches the handlers through it (Webhook.reconfigure)
     app.router.add_get("/healthz", hooks.healthz)
     app.router.add_post("/v1/whitelist", hooks.create)
     app.router.add_get("/v1/whitelist", hooks.list, allow_head=False)
@@ -370,4 +383,12 @@ def build_app(
     return app
 
 
-__all__ = ["MAX_BODY", "MAX_IN_FLIGHT", "ApiError", "Webhook", "build_app", "error_response"]
+__all__ = [
+    "MAX_BODY",
+    "MAX_IN_FLIGHT",
+    "WEBHOOK",
+    "ApiError",
+    "Webhook",
+    "build_app",
+    "error_response",
+]
