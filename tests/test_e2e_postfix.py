@@ -34,6 +34,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -313,7 +314,13 @@ def make_stack(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[.
     require_tool("ip")
     built: list[Stack] = []
 
-    def build(*, namespace: bool = False, **settings: str) -> Stack:
+    def build(
+        *,
+        namespace: bool = False,
+        postfix_options: Callable[[NamespaceHosts | None], dict[str, Any]] | None = None,
+        **settings: str,
+    ) -> Stack:
+        """``postfix_options(hosts)``: PostfixInstance arguments to use instead of the defaults."""
         hosts = NamespaceHosts(clients=2).open() if namespace else None
         try:
             product = Product(tmp_path / "product", redis_server.url, settings)
@@ -322,11 +329,11 @@ def make_stack(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[.
             if hosts is not None:
                 postfix_hosts.append(hosts.host_address)
                 networks.append(str(hosts.subnet))
+            options: dict[str, Any] = {"hosts": postfix_hosts, "mynetworks": networks}
+            if postfix_options is not None:
+                options.update(postfix_options(hosts))
             postfix = PostfixInstance(
-                f"inet:127.0.0.1:{product.policy_port}",
-                port=free_port(),
-                hosts=postfix_hosts,
-                mynetworks=networks,
+                f"inet:127.0.0.1:{product.policy_port}", port=free_port(), **options
             )
         except BaseException:
             if hosts is not None:
