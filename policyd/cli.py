@@ -205,9 +205,8 @@ async def _cmd_serve(args: argparse.Namespace, settings: Settings, env: Path | N
 
 async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webhook: bool) -> int:
     """Run the policy server and/or the webhook until SIGTERM; SIGHUP reloads the settings."""
-    from policyd.decision import PolicyDecider, Replies
+    from policyd.decision import PolicyDecider
     from policyd.reload import apply_reload
-    from policyd.scope import LimitedScope
     from policyd.sdnotify import notify
     from policyd.server import ConnectionLimits, PolicyServer
     from policyd.stage_watch import StageWatch
@@ -228,13 +227,7 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     async def report(warning: str | None) -> None:
         await (evidence.clear() if warning is None else evidence.report(warning))
 
-    decider = PolicyDecider(
-        limiter,
-        Replies.from_settings(settings),
-        watch,
-        scope=LimitedScope(settings.limited_networks),
-        report=report,
-    )
+    decider = PolicyDecider.from_settings(limiter, settings, watch, report)
     server = PolicyServer(
         decider,
         ConnectionLimits(settings.max_connections, settings.idle_timeout, settings.request_timeout),
@@ -252,8 +245,7 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
         else:
             problems = []
             limiter.reconfigure(LimitConfig.from_settings(new))
-            decider.replies = Replies.from_settings(new)
-            decider.scope = LimitedScope(new.limited_networks)
+            decider.reconfigure(new)
             watch.set_limits(*smallest_counts(new))
         for line in problems:
             log.error("SIGHUP: invalid settings, keeping the running ones: %s", line)

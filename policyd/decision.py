@@ -113,6 +113,28 @@ class PolicyDecider:
         self._data_confirmed = False
         self._reports: set[asyncio.Task[None]] = set()
 
+    @classmethod
+    def from_settings(
+        cls,
+        limiter: Limiter,
+        settings: Settings,
+        watch: StageObserver | None = None,
+        report: StageReport | None = None,
+    ) -> PolicyDecider:
+        """The decider for these settings (the server and the tests wire it the same way)."""
+        return cls(
+            limiter,
+            Replies.from_settings(settings),
+            watch,
+            scope=LimitedScope(settings.limited_networks),
+            report=report,
+        )
+
+    def reconfigure(self, settings: Settings) -> None:
+        """SIGHUP: new replies, mode and scope from the next request on."""
+        self.replies = Replies.from_settings(settings)
+        self.scope = LimitedScope(settings.limited_networks)
+
     async def __call__(self, request: PolicyRequest) -> str:
         state = request.protocol_state
         action = await self._decide(request, state)
