@@ -156,7 +156,7 @@ class PolicyDecider:
                 self._send_report(None)
         for summary in self.refusals.due(time.time()):
             log.info(
-                "refused client=%s %d more time(s) by limit %s since %s (first refusal logged"
+                "refused network=%s %d more time(s) by limit %s since %s (first refusal logged"
                 " then)",
                 summary.client,
                 summary.suppressed,
