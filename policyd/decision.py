@@ -207,7 +207,10 @@ class PolicyDecider:
                 request.get("instance"),
             )
             return DUNNO
-        if not self.scope.covers(address, authenticated=bool(request.get("sasl_username"))):
+        scope = self.scope
+        if scope.networks and not scope.covers(
+            address, authenticated=bool(request.get("sasl_username"))
+        ):
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "DUNNO client=%s stage=%s outcome=outside LIMITED_NETWORKS (not counted)",
