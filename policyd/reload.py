@@ -50,9 +50,15 @@ def apply_reload(
         name for name in type(new).model_fields if getattr(new, name) != getattr(running, name)
     }
     applied = set(DECISION_SETTINGS)
+    # Settings of a part this process does not run matter to nobody here.
+    unused: set[str] = set()
     if server is not None:
         server.limits = ConnectionLimits(new.max_connections, new.idle_timeout, new.request_timeout)
         applied |= CONNECTION_SETTINGS
+    else:
+        unused |= CONNECTION_SETTINGS | {"policy_listen"}
+    if webhook is None:
+        unused |= WEBHOOK_SETTINGS | {"webhook_listen"}
     if changed & LOG_SETTINGS:
         problem = None
         try:
@@ -76,7 +82,7 @@ def apply_reload(
         new.mode,
         ", ".join(ENV_PREFIX + name.upper() for name in sorted(changed & applied)) or "nothing",
     )
-    restart = sorted(changed - applied)
+    restart = sorted(changed - applied - unused)
     for name in restart:
         log.warning(
             "SIGHUP: %s%s changed; it takes effect on restart (still %s)",
