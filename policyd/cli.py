@@ -303,6 +303,7 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
         server.stop(grace=SHUTDOWN_GRACE),
         runner.cleanup() if runner is not None else asyncio.sleep(0),
     )
+    decider.flush()
     await store.aclose()
     log.info("stopped")
     return EXIT_OK

@@ -154,7 +154,12 @@ class PolicyDecider:
             elif state in COUNTED_STATES and not self._data_confirmed:
                 self._data_confirmed = True
                 self._send_report(None)
-        for summary in self.refusals.due(time.time()):
+        self._log_summaries()
+        return action
+
+    def _log_summaries(self, *, everything: bool = False) -> None:
+        """Summary lines of refusals that were counted, not logged (see refusal_log)."""
+        for summary in self.refusals.due(time.time(), everything=everything):
             log.info(
                 "refused network=%s %d more time(s) by limit %s since %s (first refusal logged"
                 " then)",
@@ -164,7 +169,10 @@ class PolicyDecider:
                 rfc3339(summary.since),
                 extra=fields(client=summary.client, limit=summary.limit),
             )
-        return action
+
+    def flush(self) -> None:
+        """At stop: the summaries still pending, so no count is lost from the log."""
+        self._log_summaries(everything=True)
 
     def _send_report(self, warning: str | None) -> None:
         if self.report is None:

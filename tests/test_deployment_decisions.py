@@ -11,6 +11,7 @@ import logging
 
 import pytest
 
+from policyd.decision import PolicyDecider
 from policyd.refusal_log import RefusalLog, Summary
 from tests.helpers import RedisServer
 from tests.policy_helpers import limit_reply, make_settings, policy_server
@@ -154,3 +155,21 @@ def test_refusal_log_keeps_the_count_of_a_period_replaced_before_a_sweep() -> No
     assert refusals.refused("a", "1/1m messages", 60, 61.0)  # the next period, before a sweep
     assert refusals.due(62.0) == [Summary("a", "1/1m messages", 0.0, 1)]
     assert refusals.due(63.0, everything=True) == []
+
+
+async def test_pending_summaries_are_logged_at_stop(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(redis_server.url, message_limits="1/1h")
+    async with policy_server(settings) as running:
+        client = await running.connect()
+        await client.ask(protocol_state="DATA", client_address=CAMPUS)
+        for _ in range(5):
+            await client.ask(protocol_state="RCPT", client_address=CAMPUS)
+        await client.aclose()
+        decider = running.server.decide
+        assert isinstance(decider, PolicyDecider)
+        with caplog.at_level(logging.INFO, logger="policyd.decision"):
+            decider.flush()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+    assert line.startswith(f"refused network={CAMPUS}/32 4 more time(s) by limit 1/1h messages")
