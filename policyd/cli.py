@@ -517,6 +517,7 @@ async def _ask(target: ListenAddress, request: bytes) -> str | None:
 
 
 async def _cmd_check(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    from policyd.postfix_config import data_check_present
     from ratelimit.stage_evidence import StageEvidence
 
     print(f"env file: {env if env else '(none; environment only)'}")
@@ -531,6 +532,11 @@ async def _cmd_check(args: argparse.Namespace, settings: Settings, env: Path | N
         print(
             f"WARNING: the policy server on {note.host} reported at {logs.rfc3339(note.at)}:"
             f" {note.text}"
+        )
+    if await data_check_present() is False:
+        print(
+            "WARNING: Postfix's smtpd_data_restrictions does not ask the policy server:"
+            " nothing will be counted (see postfix-snippet.cf)"
         )
     if not settings.limited_networks:
         print(

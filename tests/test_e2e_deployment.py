@@ -31,7 +31,6 @@ from tests.test_e2e_postfix import (
     SENDER,
     SMTP_TIMEOUT,
     Stack,
-    assert_limited,
     limit_text,
     make_stack,
 )
@@ -98,10 +97,17 @@ def campus_relay(submission_port: int) -> Callable[[NamespaceHosts | None], dict
     return options
 
 
-def test_only_the_clients_the_relay_serves_are_limited(make_stack: Callable[..., Stack]) -> None:
+def test_only_the_clients_the_relay_serves_are_limited(
+    make_stack: Callable[..., Stack], monkeypatch: pytest.MonkeyPatch
+) -> None:
     require_tool("saslpasswd2")
     submission = free_port()
     stack = make_stack(namespace=True, postfix_options=campus_relay(submission))
+    # The snippet as shipped has the DATA check, and `check` finds it in main.cf.
+    monkeypatch.setenv("MAIL_CONFIG", str(stack.postfix.etc))
+    check = stack.product.cli("check")
+    assert check.returncode == 0, check.stderr
+    assert "smtpd_data_restrictions" not in check.stdout
     hosts = stack.hosts
     assert hosts is not None
     campus, outside = hosts.client_addresses
@@ -161,10 +167,12 @@ def test_limited_networks_guards_against_a_snippet_that_asks_about_everyone(
     for _ in range(LIMIT + 2):
         assert stack.send("127.0.0.3", [f"someone@{RELAY_DOMAIN}"]).accepted
     assert used(stack, "127.0.0.3")["3/1h messages"] == 0
-    # The campus client is limited as before.
+    # The campus client is limited as before (the check asked directly: a recipient reject).
     for _ in range(LIMIT):
         assert stack.send("127.0.0.2").accepted
-    assert_limited(stack.send("127.0.0.2"), "127.0.0.2", f"{LIMIT} messages")
+    refused = stack.send("127.0.0.2")
+    assert (refused.stage, refused.code) == ("RCPT", 450), refused
+    assert refused.text.endswith(limit_text("127.0.0.2", f"{LIMIT} messages")), refused
 
 
 def test_a_message_that_alone_exceeds_a_recipient_limit_is_refused_permanently(
@@ -204,7 +212,7 @@ def test_monitor_mode_tells_postfix_warn_and_mail_flows(make_stack: Callable[...
 
 
 def test_missing_data_check_is_reported_at_the_first_client_over_its_limit(
-    make_stack: Callable[..., Stack], tmp_path: Path
+    make_stack: Callable[..., Stack], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shipped = SNIPPET.read_text(encoding="utf-8")
     head, marker, _ = shipped.partition("smtpd_data_restrictions =")
@@ -213,6 +221,12 @@ def test_missing_data_check_is_reported_at_the_first_client_over_its_limit(
     broken.write_text(head, encoding="utf-8")
     stack = make_stack(postfix_options=lambda _hosts: {"snippet": broken})
     warning = "no DATA-stage policy requests: nothing is being counted"
+
+    # Before any mail: `check` on the Postfix host reads main.cf through postconf.
+    monkeypatch.setenv("MAIL_CONFIG", str(stack.postfix.etc))
+    check = stack.product.cli("check")
+    assert check.returncode == 0, check.stderr
+    assert "smtpd_data_restrictions does not ask the policy server" in check.stdout
 
     for _ in range(LIMIT):
         assert stack.send("127.0.0.10").accepted
