@@ -131,3 +131,21 @@ def test_make_run_installs_only_what_running_needs(tmp_path: Path) -> None:
     assert "test" not in installs[0].replace(str(venv), "")
     assert "editable_mode=compat" in run  # no setuptools warning on every install
     assert "-e '.[test,fast]'" in dry_run(".installed")
+
+
+def test_every_line_of_the_snippet_and_table_is_explained() -> None:
+    deployment = section(README, "## Deploying with Postfix")
+    snippet = (REPO / "postfix-snippet.cf").read_text(encoding="utf-8")
+    parameters = re.findall(r"^(\w+) =", snippet, flags=re.MULTILINE)
+    assert len(parameters) == 7
+    for name in parameters:
+        assert f"`{name} = " in deployment, name
+    settings = re.findall(r"(\w+)=\w+", snippet.split("check_policy_service {", 1)[1])
+    assert settings == ["timeout", "try_limit", "retry_delay", "default_action"]
+    for name in settings:
+        assert f"| `{name}=" in deployment, name
+    for entry in ("permit_mynetworks", "permit_sasl_authenticated", "reject_unauth_destination"):
+        assert entry in deployment
+    table = (REPO / "postfix-clients.cidr").read_text(encoding="utf-8")
+    for value in {line.split()[-1] for line in table.splitlines() if not line.startswith("#")}:
+        assert f"{value}`" in deployment, value
