@@ -6,22 +6,18 @@ ENV_FILE ?= dev.env
 
 .PHONY: run test lint types unit bench clean
 
-# The "compat" editable mode links the checkout with a .pth file, as editable installs always
-# did; setuptools' default mode prints a warning on every install.
-EDITABLE := --config-settings editable_mode=compat
-
 # `make run` installs what running needs (the "fast" extra: uvloop); `make test` adds the test
 # and lint toolchain. Each stamp is remade when pyproject.toml changes.
 $(BIN)/.installed-run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(EDITABLE) -e '.[fast]'
+	$(BIN)/python -m pip install -q -e '.[fast]'
 	touch $@
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(EDITABLE) -e '.[test,fast]'
+	$(BIN)/python -m pip install -q -e '.[test,fast]'
 	touch $@ $(BIN)/.installed-run
 
 # A development env file with a random webhook secret, made once and never overwritten.

@@ -8,7 +8,9 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -129,7 +131,6 @@ def test_make_run_installs_only_what_running_needs(tmp_path: Path) -> None:
     installs = [line for line in run.splitlines() if " -e " in line]
     assert len(installs) == 1
     assert "test" not in installs[0].replace(str(venv), "")
-    assert "editable_mode=compat" in run  # no setuptools warning on every install
     assert "-e '.[test,fast]'" in dry_run(".installed")
 
 
@@ -149,3 +150,25 @@ def test_every_line_of_the_snippet_and_table_is_explained() -> None:
     table = (REPO / "postfix-clients.cidr").read_text(encoding="utf-8")
     for value in {line.split()[-1] for line in table.splitlines() if not line.startswith("#")}:
         assert f"{value}`" in deployment, value
+
+
+def test_the_wheel_carries_the_data_files(tmp_path: Path) -> None:
+    """The Lua scripts, py.typed and openapi.yaml are in the built wheel (what pip installs)."""
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    output = (built.stdout + built.stderr).splitlines()
+    # pip's own notes about this machine's package index are not the build's warnings.
+    assert not [ln for ln in output if "warn" in ln.lower() and "Location 'file" not in ln]
+    (wheel,) = tmp_path.glob("smtp_whitelist-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for wanted in (
+        "ratelimit/lua/decide.lua",
+        "ratelimit/py.typed",
+        "policyd/py.typed",
+        "webhook/openapi.yaml",
+        "policyd/cli.py",
+    ):
+        assert wanted in names, wanted
