@@ -272,9 +272,11 @@ class PolicyDecider:
         )
         action = replies.sent(reply)
         limit_text = f"{limit} {counted.value}"
-        extra = _fields(ip, state, request, action=action, limit=limit_text, used=verdict.used)
         verb = "would limit (MODE=monitor)" if replies.monitor else "limited"
         if too_big is not None:
+            # What this limit had counted is unknown (the script stopped at the first limit it
+            # found reached) and beside the point: the message alone is too big.
+            extra = _fields(ip, state, request, action=action, limit=limit_text, used=None)
             log.info(
                 "%s client=%s network=%s stage=%s limit=%s: one message with %d recipients"
                 " exceeds the limit by itself and can never pass; answered %s sender=%s"
@@ -294,6 +296,7 @@ class PolicyDecider:
             return action
         if not self.refusals.refused(verdict.network, limit_text, limit.window, time.time()):
             return action  # counted, and summarised when the limit's window has passed
+        extra = _fields(ip, state, request, action=action, limit=limit_text, used=verdict.used)
         recipients = f" recipients={request.recipient_count}" if state in COUNTED_STATES else ""
         log.info(
             "%s client=%s network=%s stage=%s limit=%s used=%d%s sender=%s queue_id=%s"
@@ -364,7 +367,7 @@ class PolicyDecider:
 
 
 def _fields(
-    ip: str, state: str, request: PolicyRequest, **more: str | int
+    ip: str, state: str, request: PolicyRequest, **more: str | int | None
 ) -> dict[str, dict[str, str | int | None]]:
     """The structured fields of a decision line (LOG_FORMAT=json)."""
     return fields(
