@@ -202,6 +202,7 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     from policyd.server import ConnectionLimits, PolicyServer
     from policyd.stage_watch import StageWatch
     from ratelimit.limiter import LimitConfig, Limiter
+    from ratelimit.metrics import Metrics
 
     if webhook and settings.webhook_secret is None:
         raise UsageError("SMTP_WHITELIST_WEBHOOK_SECRET: required to run the webhook")
@@ -209,13 +210,19 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     loop = asyncio.get_running_loop()
     store = Store.from_settings(settings)
     limiter = Limiter(store, LimitConfig.from_settings(settings))
-    decider = PolicyDecider(limiter, Replies.from_settings(settings), StageWatch())
+    # Built only when served: with METRICS_LISTEN empty nothing is counted at all.
+    metrics = Metrics() if settings.metrics_listen else None
+    decider = PolicyDecider(limiter, Replies.from_settings(settings), StageWatch(), metrics)
     server = PolicyServer(
         decider,
         ConnectionLimits(settings.max_connections, settings.idle_timeout, settings.request_timeout),
     )
+    if metrics is not None:
+        metrics.watch_connections(lambda: len(server.connections))
+        metrics.watch_store(lambda: not store.breaker.is_open)
     stopping = asyncio.Event()
     runner: Any = None
+    metrics_runner: Any = None
 
     def reload() -> None:
         notify("RELOADING=1")
@@ -252,10 +259,16 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
         if policy:
             await server.start(settings.policy_listen)
         if webhook:
-            runner = await _start_webhook(settings, store)
+            runner = await _start_webhook(settings, store, metrics)
+        if metrics is not None:
+            from webhook.metrics_site import start_metrics
+
+            metrics_runner = await start_metrics(metrics, store, settings.metrics_listen)
     except OSError as error:
         print(f"smtp-whitelist: {error.strerror or error}", file=sys.stderr)
         await server.stop(grace=0)
+        if runner is not None:
+            await runner.cleanup()
         await store.aclose()
         return EXIT_FAILED
     try:
@@ -288,6 +301,8 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
         server.stop(grace=SHUTDOWN_GRACE),
         runner.cleanup() if runner is not None else asyncio.sleep(0),
     )
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     await store.aclose()
     log.info("stopped")
     return EXIT_OK
@@ -319,7 +334,7 @@ def _raise_file_limit(max_connections: int) -> None:
             )
 
 
-async def _start_webhook(settings: Settings, store: Store) -> Any:
+async def _start_webhook(settings: Settings, store: Store, metrics: Any = None) -> Any:
     from ratelimit.grants import Grants
     from ratelimit.nonces import NonceLedger
     from webhook.app import build_app
@@ -332,6 +347,7 @@ async def _start_webhook(settings: Settings, store: Store) -> Any:
         NonceLedger(store),
         store,
         RegisteredNameChecker.from_settings(settings),
+        metrics=metrics,
     )
     return await start_webhook(app, settings.webhook_listen)
 

@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     max_grants_per_user: int = Field(3, ge=1, le=1000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # Empty: no metrics listener (and nothing counted for it).
+    metrics_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = ()
+    offender_threshold: int = Field(50, ge=1, le=1_000_000)
 
     @field_validator("redis_url")
     @classmethod
@@ -170,6 +173,13 @@ class Settings(BaseSettings):
     @classmethod
     def _listen(cls, value: object) -> object:
         return parse_listen(value) if isinstance(value, str) else value
+
+    @field_validator("metrics_listen", mode="before")
+    @classmethod
+    def _metrics_listen(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_listen(value) if value.strip() else ()
+        return value
 
     @field_validator("message_limits", "recipient_limits", mode="before")
     @classmethod
