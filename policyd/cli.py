@@ -460,7 +460,7 @@ async def _cmd_show(args: argparse.Namespace, settings: Settings, env: Path | No
     if free_at is None:
         print("may send: now")
     else:
-        wait = (free_at - now) // 1_000_000 + 1
+        wait = -(-(free_at - now) // 1_000_000)  # whole seconds, rounded up
         print(f"may send again: {_time(_from_us(free_at))} (in {_duration(wait)})")
     return EXIT_OK
 
