@@ -20,7 +20,6 @@ passed; the output says what ran.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import signal
@@ -36,7 +35,11 @@ STEP_TIMEOUT = 300  # pip installing from the wheelhouse is the slowest step
 def sh(command: str, cwd: Path, env: dict[str, str]) -> None:
     print(f"$ {command.strip()}", flush=True)
     subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", command], cwd=cwd, env=env, check=True, timeout=STEP_TIMEOUT
+        ["bash", "-euo", "pipefail", "-c", command],
+        cwd=cwd,
+        env=env,
+        check=True,
+        timeout=STEP_TIMEOUT,
     )
 
 
@@ -148,16 +151,16 @@ def main() -> int:
             else:
                 raise SystemExit(f"unknown block kind: {info}")
     finally:
+        statuses = []
         for process in started:
             process.send_signal(signal.SIGTERM)
         for process in started:
-            status = process.wait(timeout=10)
-            print(f"(stopped {process.args[-1]}: exit {status})", flush=True)  # type: ignore[index]
-            if status != 0:
-                return 1
+            statuses.append(process.wait(timeout=10))
+            argv = process.args if isinstance(process.args, list) else [process.args]
+            print(f"(stopped {shlex.join(map(str, argv))}: exit {statuses[-1]})", flush=True)
         redis.terminate()
         redis.wait(timeout=10)
-    return 0
+    return 1 if any(statuses) else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ touched. Python packages come from a wheelhouse built here first (the namespace 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 DRIVER = Path(__file__).resolve().parent / "install_doc_driver.py"
-PIP = Path(sys.executable).with_name("pip")
+# The PATH the driver runs the README with: a root shell's on Debian, the system's python3.
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @pytest.mark.timeout(900)
@@ -30,20 +32,42 @@ def test_install_steps_take_a_fresh_host_to_running_units(tmp_path: Path) -> Non
         pytest.skip("namespaces and overlays need root (the tests run as root, see README)")
     clone, wheelhouse, work = tmp_path / "clone", tmp_path / "wheels", tmp_path / "work"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=60)
-    # Everything `pip install .` will need, the build backend included.
+    # Everything `pip install .` will need, the build backend included, resolved by the same
+    # python3 the README's venv is made with (its version decides some dependencies).
+    system_python = shutil.which("python3", path=SYSTEM_PATH)
+    assert system_python, f"no python3 on {SYSTEM_PATH}"
     subprocess.run(
-        [str(PIP), "wheel", "--quiet", "--wheel-dir", str(wheelhouse), str(clone), "setuptools>=77"],
+        [system_python, "-m", "venv", str(tmp_path / "builder")], check=True, timeout=120
+    )
+    subprocess.run(
+        [
+            str(tmp_path / "builder" / "bin" / "pip"),
+            "wheel",
+            "--quiet",
+            "--wheel-dir",
+            str(wheelhouse),
+            str(clone),
+            "setuptools>=77",
+        ],
         check=True,
         timeout=600,
         capture_output=True,
     )
     work.mkdir()
-    assert not Path("/etc/smtp-whitelist").exists() or Path("/etc/smtp-whitelist").is_dir()
     before = Path("/etc/passwd").read_text()
 
     run = subprocess.run(
-        ["unshare", "--mount", "--net", "--", sys.executable, str(DRIVER), str(work), str(clone),
-         str(wheelhouse)],
+        [
+            "unshare",
+            "--mount",
+            "--net",
+            "--",
+            sys.executable,
+            str(DRIVER),
+            str(work),
+            str(clone),
+            str(wheelhouse),
+        ],
         capture_output=True,
         text=True,
         timeout=800,
