@@ -76,11 +76,12 @@ class PolicyDecider:
         self._addresses: dict[str, IPAddress | None] = {}
 
     async def __call__(self, request: PolicyRequest) -> str:
-        started = time.perf_counter()
+        metrics = self.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         state = request.protocol_state
         action, result = await self._decide(request, state)
-        if self.metrics is not None:
-            self.metrics.policy.decided(state, result, time.perf_counter() - started)
+        if metrics is not None:
+            metrics.policy.decided(state, result, time.perf_counter() - started)
         if self.watch is not None:
             # After the decision: a limited client that keeps retrying only ever reaches RCPT,
             # and must not look like a Postfix that never asks at DATA.
