@@ -313,9 +313,8 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     await asyncio.gather(
         server.stop(grace=SHUTDOWN_GRACE),
         runner.cleanup() if runner is not None else asyncio.sleep(0),
+        metrics_runner.cleanup() if metrics_runner is not None else asyncio.sleep(0),
     )
-    if metrics_runner is not None:
-        await metrics_runner.cleanup()
     await store.aclose()
     log.info("stopped")
     return EXIT_OK

@@ -11,7 +11,6 @@ The Redis address is a free port, never the machine's own 6379.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -148,8 +147,3 @@ def test_make_run_uses_a_running_redis(
     assert not (clone / "run").exists()
     assert port_open("127.0.0.1", redis_server.port)  # theirs, left running
     assert redis_server.cli("EXISTS", "swl:c:192.0.2.60/32") == "1"
-
-
-def test_run_script_is_executable() -> None:
-    assert os.access(REPO / "scripts" / "run", os.X_OK)
-    assert shutil.which("bash")
