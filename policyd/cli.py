@@ -235,7 +235,7 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
         metrics.watch_store(lambda: not store.breaker.is_open)
     stopping = asyncio.Event()
     runner: Any = None
-    metrics_runner: Any = None
+    metrics_server: Any = None
 
     def reload() -> None:
         notify("RELOADING=1")
@@ -274,9 +274,10 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
         if webhook:
             runner = await _start_webhook(settings, store, metrics)
         if metrics is not None:
-            from webhook.metrics_site import start_metrics
+            from policyd.metrics_http import MetricsServer
 
-            metrics_runner = await start_metrics(metrics, store, settings.metrics_listen)
+            metrics_server = MetricsServer(metrics, store, loop)
+            metrics_server.start(settings.metrics_listen)
     except OSError as error:
         print(f"smtp-whitelist: {error.strerror or error}", file=sys.stderr)
         await server.stop(grace=0)
@@ -313,7 +314,7 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     await asyncio.gather(
         server.stop(grace=SHUTDOWN_GRACE),
         runner.cleanup() if runner is not None else asyncio.sleep(0),
-        metrics_runner.cleanup() if metrics_runner is not None else asyncio.sleep(0),
+        asyncio.to_thread(metrics_server.stop) if metrics_server else asyncio.sleep(0),
     )
     await store.aclose()
     log.info("stopped")

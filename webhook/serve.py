@@ -35,9 +35,7 @@ MAX_FIELD_SIZE = 2048
 MAX_HEADERS = 32
 
 
-async def start_webhook(
-    app: web.Application, addresses: Sequence[ListenAddress], *, name: str = "webhook"
-) -> web.AppRunner:
+async def start_webhook(app: web.Application, addresses: Sequence[ListenAddress]) -> web.AppRunner:
     """Start serving ``app`` on every address; the caller stops it with ``runner.cleanup()``.
 
     If one address cannot be bound, the ones already started are stopped again and the
@@ -77,7 +75,7 @@ async def start_webhook(
             else:
                 site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
                 await site.start()
-            log.info("%s listening on %s", name, address)
+            log.info("webhook listening on %s", address)
     except BaseException:
         await runner.cleanup()
         raise
