@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import secrets
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,7 @@ from ratelimit.metrics import DECISION_BUCKETS, Metrics, PolicyMetrics
 from tests.conftest import require_tool
 from tests.helpers import Daemon, PolicyClient, RedisServer, free_port, policy_request, wait_for
 from tests.prometheus_instance import Prometheus
-from webhook import auth
+from tests.test_security import _post as signed_post
 
 SECRET = "metrics-test-secret-" + "m" * 32
 FAMILIES = (
@@ -83,16 +80,6 @@ def test_exposition_passes_promtool_and_registries_are_separate() -> None:
 # -- real processes, a real Prometheus ---------------------------------------------------------
 
 
-@pytest.fixture
-def redis_for_serve(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(require_tool("redis-server"), tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 (loopback)
@@ -102,29 +89,12 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 def _signed_grant(port: int, ip: str) -> int:
-    body = json.dumps({"ip": ip, "user": "alice", "role": "staff", "status": "normal"}).encode()
-    timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(24)
-    signature = auth.sign(SECRET, timestamp, nonce, "POST", "/v1/whitelist", body)
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/whitelist",
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            auth.TIMESTAMP_HEADER: timestamp,
-            auth.NONCE_HEADER: nonce,
-            auth.SIGNATURE_HEADER: signature,
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310
-            return int(answer.status)
-    except urllib.error.HTTPError as error:
-        return error.code
+    body = {"ip": ip, "user": "alice", "role": "staff", "status": "normal"}
+    return signed_post(port, "/v1/whitelist", body, SECRET)[0]
 
 
 def test_prometheus_reads_back_the_decisions_made(
-    redis_for_serve: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path
 ) -> None:
     prometheus_binary = require_tool("prometheus")
     metrics_port, policy_port, webhook_port = free_port(), free_port(), free_port()
@@ -133,7 +103,7 @@ def test_prometheus_reads_back_the_decisions_made(
     serve = Daemon(
         "serve",
         {
-            "REDIS_URL": redis_for_serve.url,
+            "REDIS_URL": redis_server.url,
             "POLICY_LISTEN": f"127.0.0.1:{policy_port}",
             "WEBHOOK_LISTEN": f"127.0.0.1:{webhook_port}",
             "METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
@@ -200,7 +170,7 @@ def test_prometheus_reads_back_the_decisions_made(
         # Redis goes away: the decisions fail open and are counted so; the breaker opens.
         status, body = _get(f"http://127.0.0.1:{metrics_port}/healthz")
         assert (status, json.loads(body)) == (200, {"redis": "ok"})
-        redis_for_serve.stop()
+        redis_server.stop()
         for _ in range(3):
             assert clients[0].ask(policy_request("192.0.2.35", "DATA")) == "DUNNO"
         store_errors = 'smtp_whitelist_policy_requests_total{stage="DATA",result="store_error"}'
