@@ -7,19 +7,30 @@ from __future__ import annotations
 
 import itertools
 import json
+import secrets
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from ratelimit.grants import Grants
 from ratelimit.metrics import DECISION_BUCKETS, Metrics, PolicyMetrics
+from ratelimit.nonces import NonceLedger
+from ratelimit.settings import ListenAddress, Settings
+from ratelimit.store import Store
 from tests.conftest import require_tool
 from tests.helpers import Daemon, PolicyClient, RedisServer, free_port, policy_request, wait_for
 from tests.prometheus_instance import Prometheus
 from tests.test_security import _post as signed_post
+from webhook import auth
+from webhook.app import build_app
+from webhook.registered_name import RegisteredNameChecker
+from webhook.serve import start_webhook
 
 SECRET = "metrics-test-secret-" + "m" * 32
 FAMILIES = (
@@ -233,3 +244,68 @@ def test_no_metrics_listener_by_default(redis_server: RedisServer, tmp_path: Pat
     finally:
         assert daemon.stop() == 0, daemon.log()
     assert "metrics listening" not in daemon.log()
+
+
+async def test_webhook_counts_grants_by_outcome_and_requests_by_route(
+    redis_server: RedisServer,
+) -> None:
+    settings = Settings(
+        redis_url=redis_server.url, webhook_secret=SECRET, allowed_networks="192.0.2.0/24"
+    )
+    store = Store.from_settings(settings)
+    metrics = Metrics()
+    app = build_app(
+        settings,
+        Grants(store, settings),
+        NonceLedger(store),
+        store,
+        RegisteredNameChecker.from_settings(settings),
+        metrics=metrics,
+    )
+    port = free_port()
+    runner = await start_webhook(app, [ListenAddress("127.0.0.1", port, None)])
+
+    async def call(session: aiohttp.ClientSession, method: str, path: str, body: bytes) -> int:
+        timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(24)
+        headers = {
+            "Content-Type": "application/json",
+            auth.TIMESTAMP_HEADER: timestamp,
+            auth.NONCE_HEADER: nonce,
+            auth.SIGNATURE_HEADER: auth.sign(SECRET, timestamp, nonce, method, path, body),
+        }
+        url = f"http://127.0.0.1:{port}{path}"
+        async with session.request(method, url, data=body, headers=headers) as answer:
+            return answer.status
+
+    def grant(ip: str, role: str = "staff") -> bytes:
+        return json.dumps({"ip": ip, "user": "bob", "role": role, "status": "normal"}).encode()
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await call(session, "POST", "/v1/whitelist", grant("192.0.2.50")) == 201
+            assert await call(session, "POST", "/v1/whitelist", grant("192.0.2.50")) == 200
+            assert await call(session, "DELETE", "/v1/whitelist/192.0.2.50", b"") == 204
+            assert await call(session, "DELETE", "/v1/whitelist/192.0.2.50", b"") == 404
+            refused = grant("192.0.2.51", role="guest")
+            assert await call(session, "POST", "/v1/whitelist", refused) == 403
+            assert await call(session, "GET", "/nowhere", b"") == 404
+    finally:
+        await runner.cleanup()
+        await store.aclose()
+
+    def grants(outcome: str) -> float | None:
+        labels = {"source": "webhook", "outcome": outcome}
+        return metrics.registry.get_sample_value("smtp_whitelist_grants_total", labels)
+
+    assert [grants(o) for o in ("created", "refreshed", "removed", "refused")] == [1, 1, 1, 1]
+
+    def http(route: str, status: str) -> float | None:
+        labels = {"route": route, "status": status}
+        return metrics.registry.get_sample_value("smtp_whitelist_http_requests_total", labels)
+
+    assert http("/v1/whitelist", "201") == 1
+    assert http("/v1/whitelist", "200") == 1
+    assert http("/v1/whitelist", "403") == 1
+    assert http("/v1/whitelist/{ip}", "204") == 1  # the pattern, never the address itself
+    assert http("/v1/whitelist/{ip}", "404") == 1
+    assert http("unmatched", "404") == 1
