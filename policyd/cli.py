@@ -537,6 +537,7 @@ async def _cmd_limited(args: argparse.Namespace, settings: Settings, env: Path |
 
 async def _limited(settings: Settings, last: int, as_json: bool) -> int:
     """Clients that a limit refuses right now: refused lately, and still at a limit."""
+    from ratelimit.grants import Grants
     from ratelimit.limiter import LimitConfig, Limiter
     from ratelimit.offenders import MAX_SINCE, Offenders
 
@@ -549,6 +550,8 @@ async def _limited(settings: Settings, last: int, as_json: bool) -> int:
             address = parse_ip(o.ip)
             if address is None or in_networks(address, settings.exempt_networks):
                 continue
+            if await Grants(store, settings).get(address) is not None:
+                continue  # granted since its refusals: not refused now
             free_at, _ = await _release(store, settings, limiter.network_of(address))
             if free_at is not None:
                 rows.append((o, free_at))

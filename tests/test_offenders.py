@@ -120,6 +120,10 @@ def test_one_compromised_line_under_two_daemons(redis_server: RedisServer, tmp_p
         assert limited.returncode == 0, limited.stderr
         assert {i["ip"] for i in json.loads(limited.stdout)["items"]} == {ip, other}
         assert run_cli("top", "--now", env=env).stdout.count("until") == 2
+        # A grant lifts the limit: that client is no longer refused right now.
+        assert run_cli("add", other, "--user", "op", env=env).returncode == 0
+        limited = run_cli("limited", "--json", env=env)
+        assert [i["ip"] for i in json.loads(limited.stdout)["items"]] == [ip]
 
         # The counts live in Redis with a TTL, in the key layout's offender key.
         r = redis.Redis.from_url(redis_server.url)
