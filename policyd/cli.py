@@ -252,7 +252,13 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
             decider.replies = Replies.from_settings(new)
             restart = [
                 name
-                for name in ("redis_url", "key_prefix", "policy_listen", "webhook_listen")
+                for name in (
+                    "redis_url",
+                    "key_prefix",
+                    "policy_listen",
+                    "webhook_listen",
+                    "metrics_listen",
+                )
                 if getattr(new, name) != getattr(settings, name)
             ]
             log.info(

@@ -177,9 +177,12 @@ class Settings(BaseSettings):
     @field_validator("metrics_listen", mode="before")
     @classmethod
     def _metrics_listen(cls, value: object) -> object:
-        if isinstance(value, str):
-            return parse_listen(value) if value.strip() else ()
-        return value
+        if not isinstance(value, str) or not value.strip():
+            return () if isinstance(value, str) else value
+        addresses = parse_listen(value)
+        if any(a.path is not None for a in addresses):
+            raise ValueError("host:port only (Prometheus scrapes over TCP)")
+        return addresses
 
     @field_validator("message_limits", "recipient_limits", mode="before")
     @classmethod

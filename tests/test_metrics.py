@@ -21,7 +21,7 @@ import pytest
 from ratelimit.grants import Grants
 from ratelimit.metrics import DECISION_BUCKETS, Metrics, PolicyMetrics
 from ratelimit.nonces import NonceLedger
-from ratelimit.settings import ListenAddress, Settings
+from ratelimit.settings import ListenAddress, Settings, SettingsError, load_settings
 from ratelimit.store import Store
 from tests.conftest import require_tool
 from tests.helpers import Daemon, PolicyClient, RedisServer, free_port, policy_request, wait_for
@@ -309,3 +309,28 @@ async def test_webhook_counts_grants_by_outcome_and_requests_by_route(
     assert http("/v1/whitelist/{ip}", "204") == 1  # the pattern, never the address itself
     assert http("/v1/whitelist/{ip}", "404") == 1
     assert http("unmatched", "404") == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("METRICS_LISTEN", "nowhere"),
+        ("METRICS_LISTEN", "unix:/run/m.sock"),
+        ("OFFENDER_THRESHOLD", "0"),
+    ],
+)
+def test_bad_metrics_settings_name_the_setting(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(f"SMTP_WHITELIST_{name}", value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings(None)
+    (line,) = raised.value.lines
+    assert line.startswith(f"SMTP_WHITELIST_{name}: "), line
+
+
+def test_metrics_settings() -> None:
+    settings = Settings(metrics_listen="127.0.0.1:9110,[::1]:9110", offender_threshold=7)
+    assert [str(a) for a in settings.metrics_listen] == ["127.0.0.1:9110", "[::1]:9110"]
+    assert Settings(metrics_listen=" ").metrics_listen == ()
+    assert Settings().offender_threshold == 50
