@@ -6,6 +6,7 @@ under two policy daemons sharing one Redis.
 from __future__ import annotations
 
 import json
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import redis
 from ratelimit.limits import Limit
 from ratelimit.offenders import offender_from_hash, parse_span
 from ratelimit.release import release_time
-from tests.helpers import PolicyClient, RedisServer, policy_request
+from tests.helpers import PolicyClient, RedisServer, free_port, policy_request
 from tests.policy_helpers import PolicydProcess, clean_env, run_cli
 
 US = 1_000_000
@@ -78,6 +79,16 @@ def _refuse(client: PolicyClient, ip: str) -> None:
     assert action.startswith("450"), action
 
 
+def _compromised_total(port: int) -> float:
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        text = answer.read().decode()
+    (line,) = [
+        x for x in text.splitlines() if x.startswith("smtp_whitelist_likely_compromised_total")
+    ]
+    return float(line.split()[-1])
+
+
 def test_one_compromised_line_under_two_daemons(redis_server: RedisServer, tmp_path: Path) -> None:
     settings = {
         "redis_url": redis_server.url,
@@ -85,7 +96,11 @@ def test_one_compromised_line_under_two_daemons(redis_server: RedisServer, tmp_p
         "message_limits": "2/1h",
         "offender_threshold": "5",
     }
-    daemons = [PolicydProcess(tmp_path, **settings).start() for _ in range(2)]
+    metrics_ports = [free_port(), free_port()]
+    daemons = [
+        PolicydProcess(tmp_path, **settings, metrics_listen=f"127.0.0.1:{port}").start()
+        for port in metrics_ports
+    ]
     env = clean_env(**settings)
     try:
         clients = [PolicyClient("127.0.0.1", d.port) for d in daemons]
@@ -124,6 +139,10 @@ def test_one_compromised_line_under_two_daemons(redis_server: RedisServer, tmp_p
         assert run_cli("add", other, "--user", "op", env=env).returncode == 0
         limited = run_cli("limited", "--json", env=env)
         assert [i["ip"] for i in json.loads(limited.stdout)["items"]] == [ip]
+
+        # Counted once, by the daemon that logged it.
+        counted = [_compromised_total(port) for port in metrics_ports]
+        assert sorted(counted) == [0.0, 1.0], counted
 
         # The counts live in Redis with a TTL, in the key layout's offender key.
         r = redis.Redis.from_url(redis_server.url)
