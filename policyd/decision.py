@@ -21,6 +21,7 @@ from policyd.scope import LimitedScope
 from ratelimit.addresses import IPAddress, parse_ip
 from ratelimit.limiter import Counted, Limiter, Outcome, Verdict
 from ratelimit.limits import Limit, format_window
+from ratelimit.metrics import Metrics
 from ratelimit.settings import Settings
 from ratelimit.store import StoreUnavailable
 
@@ -36,6 +37,9 @@ STORE_WARNING_INTERVAL = 60.0
 # client_address texts remembered with their parsed address (ipaddress parsing costs a few µs
 # per request); when this many are held the memo starts again from empty.
 MAX_REMEMBERED_ADDRESSES = 16_384
+# The `result` label of requests that no limit was asked about, and of those Redis failed.
+NOT_COUNTED = "not_counted"
+STORE_ERROR = "store_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,7 @@ class PolicyDecider:
         limiter: Limiter,
         replies: Replies,
         watch: StageObserver | None = None,
+        metrics: Metrics | None = None,
         *,
         scope: LimitedScope | None = None,
         report: StageReport | None = None,
@@ -103,6 +108,7 @@ class PolicyDecider:
         self.limiter = limiter
         self.replies = replies
         self.watch = watch
+        self.metrics = metrics
         self.scope = scope or LimitedScope(())
         self.report = report
         self.refusals = RefusalLog()
@@ -120,12 +126,14 @@ class PolicyDecider:
         settings: Settings,
         watch: StageObserver | None = None,
         report: StageReport | None = None,
+        metrics: Metrics | None = None,
     ) -> PolicyDecider:
         """The decider for these settings (the server and the tests wire it the same way)."""
         return cls(
             limiter,
             Replies.from_settings(settings),
             watch,
+            metrics,
             scope=LimitedScope(settings.limited_networks),
             report=report,
         )
@@ -136,8 +144,12 @@ class PolicyDecider:
         self.scope = LimitedScope(settings.limited_networks)
 
     async def __call__(self, request: PolicyRequest) -> str:
+        metrics = self.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         state = request.protocol_state
-        action = await self._decide(request, state)
+        action, result = await self._decide(request, state)
+        if metrics is not None:
+            metrics.policy.decided(state, result, time.perf_counter() - started)
         if self.watch is not None:
             # After the decision: a limited client that keeps retrying only ever reaches RCPT,
             # and must not look like a Postfix that never asks at DATA.
@@ -189,13 +201,14 @@ class PolicyDecider:
             # Only `check` reads the note; the warning itself is already in the log.
             log.debug("could not record the DATA-stage note in Redis: %s", error)
 
-    async def _decide(self, request: PolicyRequest, state: str) -> str:
+    async def _decide(self, request: PolicyRequest, state: str) -> tuple[str, str]:
+        """The action, and the ``result`` label it is counted under."""
         if state in COUNTED_STATES:
             counting = True
         elif state in CHECKED_STATES:
             counting = False
         else:
-            return DUNNO
+            return DUNNO, NOT_COUNTED
         text = request.client_address
         addresses = self._addresses
         try:
@@ -214,7 +227,7 @@ class PolicyDecider:
                 request.get("queue_id"),
                 request.get("instance"),
             )
-            return DUNNO
+            return DUNNO, NOT_COUNTED
         scope = self.scope
         if scope.networks and not scope.covers(
             address, authenticated=bool(request.get("sasl_username"))
@@ -226,18 +239,18 @@ class PolicyDecider:
                     state,
                     extra=fields(client=str(address), stage=state, action=DUNNO),
                 )
-            return DUNNO
+            return DUNNO, NOT_COUNTED
         try:
             if counting:
                 verdict = await self.limiter.count_message(address, request.recipient_count)
             else:
                 verdict = await self.limiter.check(address)
         except StoreUnavailable as error:
-            return self._store_failed(str(address), state, request, error)
+            return self._store_failed(str(address), state, request, error), STORE_ERROR
         self._store_ok()
         if verdict.outcome is not Outcome.LIMITED and not log.isEnabledFor(logging.DEBUG):
-            return DUNNO  # the common case: no address text, no log line to build
-        return self._reply(str(address), state, request, verdict)
+            return DUNNO, verdict.outcome.value  # the common case: no address text, no log line
+        return self._reply(str(address), state, request, verdict), verdict.outcome.value
 
     def _reply(self, ip: str, state: str, request: PolicyRequest, verdict: Verdict) -> str:
         if verdict.outcome is not Outcome.LIMITED:
@@ -273,6 +286,9 @@ class PolicyDecider:
         action = replies.sent(reply)
         limit_text = f"{limit} {counted.value}"
         verb = "would limit (MODE=monitor)" if replies.monitor else "limited"
+        if verdict.compromised:
+            # Independent of which refusals get a line of their own: decide.lua says when.
+            self._compromised(ip, request, verdict)
         if too_big is not None:
             # What this limit had counted is unknown (the script stopped at the first limit it
             # found reached) and beside the point: the message alone is too big.
@@ -315,6 +331,29 @@ class PolicyDecider:
             extra=extra,
         )
         return action
+
+    def _compromised(self, ip: str, request: PolicyRequest, verdict: Verdict) -> None:
+        """Once per client per hour across every daemon sharing the Redis (decide.lua says when)."""
+        limit = f"{verdict.limit} {verdict.counted.value if verdict.counted else ''}".strip()
+        log.warning(
+            "likely compromised client=%s refusals=%d within the hour (OFFENDER_THRESHOLD) limit=%s"
+            " sender=%s network=%s queue_id=%s",
+            ip,
+            verdict.compromised,
+            limit,
+            request.get("sender")[:256],
+            verdict.network,
+            request.get("queue_id"),
+            extra=fields(
+                client=ip,
+                limit=limit,
+                queue_id=request.get("queue_id"),
+                instance=request.get("instance"),
+                sender=request.get("sender")[:256],
+            ),
+        )
+        if self.metrics is not None:
+            self.metrics.likely_compromised.inc()
 
     def _too_big(self, state: str, request: PolicyRequest) -> Limit | None:
         """The smallest recipient limit this message exceeds on its own (DATA only), if any."""

@@ -22,6 +22,7 @@ DECISION_SETTINGS = frozenset(
     {
         "message_limits", "recipient_limits", "ipv4_prefix", "ipv6_prefix", "exempt_networks",
         "limit_reply", "too_big_reply", "on_store_error", "mode", "limited_networks",
+        "offender_threshold",
     }
 )  # fmt: skip
 CONNECTION_SETTINGS = frozenset({"max_connections", "idle_timeout", "request_timeout"})
