@@ -3,8 +3,9 @@ redis-server (AOF on, data under run/redis), serves, limits, and stops both clea
 with a Redis there, it uses that one and says so.
 
 The clone is made with ``git clone`` of this repository (its committed state). The clone's
-``make run`` uses this checkout's virtualenv (``VENV=``, its stamps marked up to date with ``-o``) with
-the clone first on ``PYTHONPATH``, so no package index is needed and the clone's code runs.
+``make run`` uses this checkout's virtualenv (``VENV=``, its install stamps marked up to date
+with ``-o``) with the clone first on ``PYTHONPATH``, so no package index is needed and the
+clone's code runs.
 The Redis address is a free port, never the machine's own 6379.
 """
 
