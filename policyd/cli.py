@@ -220,6 +220,16 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     def reload() -> None:
         notify("RELOADING=1")
         try:
+            apply_new_settings()
+        except Exception as error:
+            # Whatever went wrong, the running settings stay, the log gets one line and no
+            # traceback, and systemd is told the reload is over (not left "reloading").
+            log.error("SIGHUP: reload failed, keeping the running settings: %s", error)
+        finally:
+            notify("READY=1")
+
+    def apply_new_settings() -> None:
+        try:
             new = load_settings(env_file)
         except SettingsError as error:
             problems = error.lines
@@ -243,7 +253,6 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
             )
             if restart:
                 log.warning("SIGHUP: %s changed; they take effect on restart", ", ".join(restart))
-        notify("READY=1")
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)

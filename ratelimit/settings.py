@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ratelimit.addresses import IPNetwork, parse_networks
+from ratelimit.env_file import env_file_problems
 from ratelimit.limits import Limit, parse_limits
 
 ENV_PREFIX = "SMTP_WHITELIST_"
@@ -278,9 +279,11 @@ def load_settings(env_file: Path | None) -> Settings:
         if not env_file.is_file():
             raise SettingsError([f"--env-file {env_file}: no such file"])
         try:
-            env_file.read_bytes()
+            problems = env_file_problems(env_file)
         except OSError as error:
             raise SettingsError([f"--env-file {env_file}: {error.strerror}"]) from None
+        if problems:
+            raise SettingsError(problems)
     lines = _unknown_names(env_file)
     try:
         settings = Settings(_env_file=env_file)
