@@ -221,11 +221,12 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
         notify("RELOADING=1")
         try:
             apply_new_settings()
-        except Exception as error:
-            # Whatever went wrong, the running settings stay, the log gets one line and no
-            # traceback, and systemd is told the reload is over (not left "reloading").
-            log.error("SIGHUP: reload failed, keeping the running settings: %s", error)
+        except Exception:
+            # A bug (bad settings are SettingsError, handled inside): the running settings stay
+            # and the traceback goes to the log, for whoever fixes it.
+            log.exception("SIGHUP: reload failed, keeping the running settings")
         finally:
+            # Always, or systemd would show the unit "reloading" for ever.
             notify("READY=1")
 
     def apply_new_settings() -> None:
