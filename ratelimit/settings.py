@@ -74,7 +74,7 @@ def parse_listen(text: str) -> tuple[ListenAddress, ...]:
                 raise ValueError(f"{item!r}: a UNIX socket path must be absolute")
             found.append(ListenAddress(None, None, path))
             continue
-        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", item)
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})", item)
         if match is None:
             raise ValueError(f"{item!r} is not host:port, [v6addr]:port or unix:/path")
         host = match.group(1) or match.group(3)
@@ -198,7 +198,7 @@ class Settings(BaseSettings):
             if not item:
                 continue
             host, port = item, 53
-            match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", item)
+            match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([0-9.]+):([0-9]{1,5})", item)
             if match:
                 host = match.group(1) or match.group(3)
                 port = int(match.group(2) or match.group(4))
