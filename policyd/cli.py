@@ -27,6 +27,7 @@ from policyd import logs
 from policyd.protocol import encode_request, parse_reply
 from ratelimit.addresses import IPAddress, in_networks, parse_ip
 from ratelimit.settings import (
+    MAX_WHITELIST_TTL,
     ListenAddress,
     Settings,
     SettingsError,
@@ -34,7 +35,7 @@ from ratelimit.settings import (
     load_settings,
     parse_listen,
 )
-from ratelimit.store import Store, StoreUnavailable
+from ratelimit.store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("policyd")
 
@@ -70,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     add = sub.add_parser("add", help="grant: IP is not limited for TTL seconds (no campus rule)")
     add.add_argument("ip")
     add.add_argument("--user", help="who the grant is for (default: your login name)")
-    add.add_argument("--ttl", type=_positive_int, help="seconds (default: WHITELIST_TTL)")
+    add.add_argument(
+        "--ttl",
+        type=_grant_ttl,
+        help=f"seconds, 1 to {MAX_WHITELIST_TTL} (default: WHITELIST_TTL)",
+    )
 
     remove = sub.add_parser("remove", help="end a grant now")
     remove.add_argument("ip")
@@ -111,6 +116,15 @@ def _positive_int(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
+
+
+def _grant_ttl(text: str) -> int:
+    # Bounded as WHITELIST_TTL is: beyond it Redis refuses the expiry (and a 3,000-year grant
+    # is a typo, not an override).
+    seconds = _positive_int(text)
+    if seconds > MAX_WHITELIST_TTL:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_WHITELIST_TTL} seconds")
+    return seconds
 
 
 def _non_negative_int(text: str) -> int:
@@ -159,6 +173,10 @@ def run(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"smtp-whitelist: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreError as error:
+        # Redis is there and said no (out of memory, read-only): the operation failed.
+        print(f"smtp-whitelist: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except StoreUnavailable as error:
         print(f"smtp-whitelist: Redis unreachable ({error})", file=sys.stderr)
         return EXIT_STORE

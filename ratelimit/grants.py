@@ -14,7 +14,7 @@ from typing import Any
 
 from ratelimit.addresses import IPAddress
 from ratelimit.audit import AUDIT_MAX_ENTRIES
-from ratelimit.settings import Settings
+from ratelimit.settings import MAX_WHITELIST_TTL, Settings
 from ratelimit.store import Script, Store
 
 _GRANT = Script("grant")
@@ -103,6 +103,8 @@ class Grants:
         (None: no cap, the operator's override).
         """
         ttl = self.default_ttl if ttl is None else ttl
+        if not 1 <= ttl <= MAX_WHITELIST_TTL:
+            raise ValueError(f"a grant lasts 1 to {MAX_WHITELIST_TTL} seconds, not {ttl}")
         keys = self.store.keys
         address = str(ip)
         reply = await self.store.run_script(

@@ -34,6 +34,10 @@ DEFAULT_LIMIT_REPLY = (
     " (SMTP White IP List)."
 )
 
+# The longest grant, by WHITELIST_TTL or `add --ttl`: a week covers any operator's override,
+# and a longer one is a typo (and beyond what Redis takes as an expiry in ms, an error).
+MAX_WHITELIST_TTL = 7 * 86400
+
 _KEY_PREFIX = re.compile(r"^[A-Za-z0-9_:.\-]{1,32}$")
 
 
@@ -131,7 +135,7 @@ class Settings(BaseSettings):
     policy_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = parse_listen("127.0.0.1:10031")
     webhook_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = parse_listen("127.0.0.1:10032")
     webhook_secret: SecretStr | None = None
-    whitelist_ttl: int = Field(3600, ge=1, le=7 * 86400)
+    whitelist_ttl: int = Field(3600, ge=1, le=MAX_WHITELIST_TTL)
     message_limits: Annotated[tuple[Limit, ...], NoDecode] = parse_limits("100/1h")
     recipient_limits: Annotated[tuple[Limit, ...], NoDecode] = parse_limits("1000/1h")
     ipv4_prefix: int = Field(32, ge=8, le=32)

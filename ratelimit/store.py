@@ -61,6 +61,15 @@ class StoreUnavailable(Exception):
     """Redis failed, timed out, or is known to be down (circuit open)."""
 
 
+class StoreError(StoreUnavailable):
+    """Redis answered, with an error (out of memory, a read-only replica, a refused argument).
+
+    Redis is reachable, so this is no outage: the circuit stays closed and the CLI says "Redis
+    answered an error", not "unreachable". It is a StoreUnavailable all the same, because for a
+    decision or a grant the outcome is the same: the call did not happen.
+    """
+
+
 class CircuitBreaker:
     """Fails calls at once while Redis is known to be down, and finds out by itself when it is back.
 
@@ -221,6 +230,9 @@ class Store:
         try:
             async with asyncio.timeout(self.timeout):
                 result = await operation()
+        except ResponseError as error:
+            self.breaker.succeeded()  # it answered: reachable
+            raise StoreError(f"Redis answered an error: {_describe(error)}") from error
         except (RedisError, OSError, TimeoutError) as error:
             self.breaker.failed(_describe(error))
             raise StoreUnavailable(_describe(error)) from error
@@ -307,7 +319,7 @@ class Store:
             if future.done():
                 continue
             if isinstance(result, Exception):
-                future.set_exception(StoreUnavailable(_describe(result)))
+                future.set_exception(StoreError(f"Redis answered an error: {_describe(result)}"))
             else:
                 future.set_result(result)
 

@@ -25,7 +25,7 @@ from ratelimit.addresses import IPAddress
 from ratelimit.grants import Grant, Grants, TooManyGrants
 from ratelimit.nonces import NonceLedger
 from ratelimit.settings import Settings
-from ratelimit.store import Store, StoreUnavailable
+from ratelimit.store import Store, StoreError, StoreUnavailable
 from webhook import auth, rules
 from webhook.models import BadRequest, error_body, parse_grant_request
 from webhook.registered_name import DnsError, DnsTimeout, NoRegisteredName, RegisteredNameChecker
@@ -132,6 +132,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if error.status < 500:
             _log_refusal(request, error)
         return error_response(error.status, error.code, error.detail)
+    except StoreError as error:
+        # Reachable, but it refused (out of memory, read-only): still nothing was granted.
+        log.warning("webhook %s %s: %s", request.method, request.path, error)
+        return error_response(503, "store_unavailable", "the grant store (Redis) answered an error")
     except StoreUnavailable as error:
         log.warning("webhook %s %s: Redis unavailable (%s)", request.method, request.path, error)
         return error_response(503, "store_unavailable", "the grant store (Redis) is unavailable")
