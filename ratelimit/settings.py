@@ -18,6 +18,7 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ratelimit.actions import check_action
 from ratelimit.addresses import IPNetwork, parse_networks
 from ratelimit.env_file import env_file_problems
 from ratelimit.limits import Limit, parse_limits
@@ -115,7 +116,9 @@ def _check_action(value: str, name: str) -> str:
         raise ValueError(f"{name} must not be empty")
     if any(ch in value for ch in "\r\n\0"):
         raise ValueError(f"{name} must be one line")
-    return value.strip()
+    value = value.strip()
+    check_action(value)
+    return value
 
 
 class Settings(BaseSettings):
