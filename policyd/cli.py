@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from policyd import logs
 from policyd.protocol import encode_request, parse_reply
 from ratelimit.addresses import IPAddress, in_networks, parse_ip
+from ratelimit.grant_rules import InvalidGrant
 from ratelimit.settings import (
     MAX_WHITELIST_TTL,
     ListenAddress,
@@ -372,27 +373,37 @@ async def _cmd_add(args: argparse.Namespace, settings: Settings, env: Path | Non
     from ratelimit.grants import Grants
 
     address = _ip(args.ip)
-    user = args.user or os.environ.get("SUDO_USER") or getpass.getuser()
+    actor = _operator()
+    user = args.user or actor
     async with _store(settings) as store:
-        grant, created = await Grants(store, settings).grant(
-            address,
-            user=user,
-            role="operator",
-            status="override",
-            source="cli",
-            ttl=args.ttl,
-            max_per_user=None,
-        )
+        try:
+            grant, created = await Grants(store, settings).grant(
+                address,
+                user=user,
+                role="operator",
+                status="override",
+                source="cli",
+                ttl=args.ttl,
+                max_per_user=None,
+                actor=actor,
+            )
+        except InvalidGrant as error:
+            raise UsageError(str(error)) from None
     verb = "granted" if created else "refreshed"
     print(f"{verb} {grant.ip} for {grant.user} until {_time(grant.expires_at)} ({grant.ttl} s)")
     return EXIT_OK
+
+
+def _operator() -> str:
+    """Who is running the command: the person behind sudo (or doas), else the login name."""
+    return os.environ.get("SUDO_USER") or os.environ.get("DOAS_USER") or getpass.getuser()
 
 
 async def _cmd_remove(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
     from ratelimit.grants import Grants
 
     address = _ip(args.ip)
-    actor = os.environ.get("SUDO_USER") or getpass.getuser()
+    actor = _operator()
     async with _store(settings) as store:
         grant = await Grants(store, settings).revoke(address, source="cli", actor=actor)
     if grant is None:
