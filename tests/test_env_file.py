@@ -17,8 +17,8 @@ from ratelimit.env_file import env_file_problems
 from ratelimit.settings import DEFAULT_LIMIT_REPLY
 from tests.helpers import RedisServer
 from tests.policy_helpers import (
-    PolicyClient,
     PolicydProcess,
+    assert_second_message_limited,
     clean_env,
     run_cli,
 )
@@ -101,13 +101,7 @@ async def test_sighup_keeps_the_running_settings_and_says_ready(
         assert notify.recv(4096) == b"RELOADING=1"
         assert notify.recv(4096) == b"READY=1"
         # Still 1/1h: the first message passes, the second meets the limit.
-        client = await PolicyClient.connect(daemon.address)
-        try:
-            assert await client.ask(protocol_state="DATA", client_address=IP) == "DUNNO"
-            limited = DEFAULT_LIMIT_REPLY.format(ip=IP, limit="1 messages", window="1h")
-            assert await client.ask(protocol_state="DATA", client_address=IP) == limited
-        finally:
-            await client.aclose()
+        await assert_second_message_limited(daemon.address, IP, DEFAULT_LIMIT_REPLY)
     finally:
         daemon.stop()
     log = daemon.log_text()

@@ -10,9 +10,6 @@ STORE_TIMEOUT, for the policy server's batch connection, the webhook's pool and 
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import pytest
 
 from tests.helpers import Daemon, RedisServer, free_port, wait_for
 from tests.policy_helpers import clean_env, limit_reply, make_settings, policy_server, run_cli
-from webhook import auth
+from tests.test_webhook_api import Portal, grant_body
 
 IP = "198.51.100.23"
 ON_STORE_ERROR = "451 4.3.0 store error"
@@ -75,19 +72,10 @@ async def test_policy_server_decides_the_first_request_after_a_stale_connection(
 
 async def _post_grant(port: int, ip: str) -> int:
     user = "u" + ip.rsplit(".", 1)[1]  # one user per address: MAX_GRANTS_PER_USER is not tested
-    body = json.dumps({"ip": ip, "user": user, "role": "staff", "status": "normal"}).encode()
-    timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(24)
-    headers = {
-        "Content-Type": "application/json",
-        auth.TIMESTAMP_HEADER: timestamp,
-        auth.NONCE_HEADER: nonce,
-        auth.SIGNATURE_HEADER: auth.sign(SECRET, timestamp, nonce, "POST", "/v1/whitelist", body),
-    }
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"http://127.0.0.1:{port}/v1/whitelist", data=body, headers=headers) as r,
-    ):
-        return r.status
+    async with aiohttp.ClientSession() as session:
+        portal = Portal(session, f"http://127.0.0.1:{port}", secret=SECRET)
+        answer = await portal.call("POST", "/v1/whitelist", grant_body(ip, user=user))
+        return answer.status
 
 
 @pytest.mark.parametrize("event", sorted(EVENTS))
