@@ -48,20 +48,26 @@ def restart(redis: RedisServer) -> None:
 EVENTS: dict[str, Callable[[RedisServer], None]] = {"timeout": idle_timeout, "restart": restart}
 
 
-@pytest.mark.parametrize("event", sorted(EVENTS))
+@pytest.mark.parametrize("event", [*sorted(EVENTS), "restart with AOF"])
 async def test_policy_server_decides_the_first_request_after_a_stale_connection(
     redis_server: RedisServer, event: str
 ) -> None:
+    aof = event == "restart with AOF"
+    if aof:
+        # From the start, so the count below is in the file the restarted Redis reads back.
+        redis_server.extra = ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        redis_server.stop()
+        redis_server.start()
     settings = make_settings(redis_server.url, message_limits="1/1h", on_store_error=ON_STORE_ERROR)
     async with policy_server(settings) as running:
         client = await running.connect()
         try:
             assert await client.ask(protocol_state="DATA", client_address=IP) == "DUNNO"
-            EVENTS[event](redis_server)
-            # After a timeout the count survived and the limit is met; a restarted Redis is
-            # empty, so the first message is counted afresh.
+            EVENTS["restart" if aof else event](redis_server)
+            # After a timeout, or a restart from the AOF, the count survived and the limit is
+            # met; a restarted Redis without persistence is empty, so the message is counted.
             limited = limit_reply(IP, "1 messages", "1h")
-            expected = limited if event == "timeout" else "DUNNO"
+            expected = "DUNNO" if event == "restart" else limited
             assert await client.ask(protocol_state="DATA", client_address=IP) == expected
             # And the next one is decided from Redis too (counted, then limited).
             after = await client.ask(protocol_state="DATA", client_address=IP)
