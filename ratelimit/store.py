@@ -211,7 +211,11 @@ class Store:
         """A store for ``settings``; the pool connects lazily and reconnects by itself."""
         client = aioredis.from_url(
             settings.redis_url,
-            socket_timeout=settings.store_timeout,
+            # No socket timeout: every call is bounded by STORE_TIMEOUT in call() or the
+            # batch's deadline. With one, redis-py writes each command under asyncio.wait_for,
+            # which on Python 3.11 loses a cancellation arriving as the write completes
+            # (CPython gh-86296), so the store's own deadline could expire in silence.
+            socket_timeout=None,
             socket_connect_timeout=settings.store_timeout,
             max_connections=MAX_POOL_CONNECTIONS,
             health_check_interval=0,
@@ -336,9 +340,7 @@ class Store:
         kept = connection is not None
         if connection is None:
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-            # The batch's own deadline bounds every read; without a socket timeout redis-py
-            # does not arm (and disarm) a timer for every reply as well.
-            connection.socket_timeout = None
+            # The batch's own deadline bounds every read (the pool sets no socket timeout).
             self._connection = connection
         results: list[Any] = []
         try:
@@ -358,7 +360,6 @@ class Store:
             # Replies may still be on their way: this connection can never be trusted again.
             self._connection = None
             await connection.disconnect(nowait=True)
-            connection.socket_timeout = self.timeout
             await pool.release(connection)
             if kept and not results and isinstance(error, STALE_CONNECTION_ERRORS):
                 # Found closed before any reply: the connection died while idle (before the batch
@@ -373,7 +374,6 @@ class Store:
 
     async def aclose(self) -> None:
         if self._connection is not None:
-            self._connection.socket_timeout = self.timeout
             await self.client.connection_pool.release(self._connection)
             self._connection = None
         await self.breaker.aclose()

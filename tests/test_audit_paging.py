@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 
-from ratelimit.audit import AUDIT_MAX_ENTRIES
+from ratelimit.audit import AUDIT_MAX_ENTRIES, AuditTrail
+from ratelimit.settings import Settings
+from ratelimit.store import Store
 from tests.helpers import RedisServer
 from tests.policy_helpers import clean_env, run_cli
+
+RARE = 3
 
 # Fills the stream in one server-side loop: the rare user's grants first (oldest), then the
 # rest of a full stream for another user.
@@ -29,15 +33,34 @@ return redis.call('XLEN', KEYS[1])
 """
 
 
-def test_audit_of_a_rare_user_over_a_full_stream(redis_server: RedisServer) -> None:
-    rare = 3
-    length = redis_server.cli("EVAL", _FILL, "1", "swl:audit", str(rare), str(AUDIT_MAX_ENTRIES))
-    assert int(length) == AUDIT_MAX_ENTRIES + rare
-    # The default STORE_TIMEOUT: one call per chunk of the stream fits in it easily; the whole
-    # stream in one call does not.
-    env = clean_env(redis_url=redis_server.url, store_timeout="0.5")
+def _fill(redis: RedisServer) -> None:
+    length = redis.cli("EVAL", _FILL, "1", "swl:audit", str(RARE), str(AUDIT_MAX_ENTRIES))
+    assert int(length) == AUDIT_MAX_ENTRIES + RARE
+
+
+async def test_a_filter_over_a_full_stream_is_read_in_bounded_calls(
+    redis_server: RedisServer,
+) -> None:
+    _fill(redis_server)
+    # One chunk of the stream is read and parsed in milliseconds, far within this timeout; the
+    # whole stream (a hundred chunks) under one timeout is not.
+    store = Store.from_settings(Settings(redis_url=redis_server.url, store_timeout=0.2))
+    try:
+        await store.ping()
+        entries = await AuditTrail(store).read(user="rare")
+    finally:
+        await store.aclose()
+    assert [(e.user, e.ip) for e in entries] == [
+        ("rare", "192.0.2.2"),
+        ("rare", "192.0.2.3"),
+        ("rare", "192.0.2.4"),
+    ]
+
+
+def test_audit_of_a_rare_user_from_the_command_line(redis_server: RedisServer) -> None:
+    _fill(redis_server)
+    env = clean_env(redis_url=redis_server.url, store_timeout="0.2")
     result = run_cli("audit", "--user", "rare", "--json", env=env)
     assert result.returncode == 0, result.stderr
     items = json.loads(result.stdout)["items"]
-    assert [item["user"] for item in items] == ["rare"] * rare
-    assert [item["ip"] for item in items] == ["192.0.2.2", "192.0.2.3", "192.0.2.4"]
+    assert [item["user"] for item in items] == ["rare"] * RARE
