@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ENV_FILE ?= dev.env
 
-.PHONY: run test lint types unit bench clean
+.PHONY: run test lint types unit bench clean catalogs
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ test: lint types unit
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.run
+
+# The page's message catalogs: extract the templates' texts, merge them into each .po (edit the
+# .po to translate), compile the .mo that ships (committed, so an install needs no build step).
+PAGE_LOCALE := webhook/page/locale
+catalogs: $(BIN)/.installed
+	$(BIN)/pybabel extract -F webhook/page/babel.cfg --no-location --omit-header -o $(PAGE_LOCALE)/messages.pot .
+	$(BIN)/pybabel update -i $(PAGE_LOCALE)/messages.pot -d $(PAGE_LOCALE) -D messages --no-fuzzy-matching --width=100 --ignore-obsolete
+	$(BIN)/pybabel compile -d $(PAGE_LOCALE) -D messages --statistics
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -28,6 +28,8 @@ from ratelimit.settings import Settings
 from ratelimit.store import Store, StoreUnavailable
 from webhook import auth, rules
 from webhook.models import BadRequest, error_body, parse_grant_request
+from webhook.page import views as page
+from webhook.page.session import PageSessions
 from webhook.registered_name import DnsError, DnsTimeout, NoRegisteredName, RegisteredNameChecker
 
 log = logging.getLogger(__name__)
@@ -367,6 +369,9 @@ def build_app(
     app.router.add_get("/v1/whitelist", hooks.list, allow_head=False)
     app.router.add_get("/v1/whitelist/{ip}", hooks.show, allow_head=False)
     app.router.add_delete("/v1/whitelist/{ip}", hooks.remove)
+    if settings.handoff_secret is not None:  # INTERFACE.md: the page is off without it
+        sessions = PageSessions(store, max_age=settings.session_max_age)
+        page.install(app, settings, sessions, grants, resolver, clock=clock)
     return app
 
 
