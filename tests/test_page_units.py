@@ -19,6 +19,7 @@ from babel.messages.pofile import read_po
 from policyd.decision import Replies
 from ratelimit.addresses import parse_networks
 from ratelimit.settings import Settings
+from tests.conftest import require_tool
 from webhook.page import i18n
 from webhook.page.client_address import client_address
 from webhook.page.handoff import HandoffInvalid, handoff_url, sign, verify
@@ -229,3 +230,17 @@ def test_handoff_url_command_needs_secret_and_base(env: dict[str, str], says: st
     )
     assert result.returncode == 2
     assert says in result.stderr
+
+
+def test_readme_shell_signer_matches() -> None:
+    """The README's shell recipe (printf | openssl dgst) signs exactly what the page checks."""
+    openssl = require_tool("openssl")
+    values = ["alice", "staff", "normal", "192.0.2.1", str(NOW)]
+    text = subprocess.run(
+        ["printf", "%s\\n%s\\n%s\\n%s\\n%s", *values], capture_output=True, check=True
+    ).stdout
+    digest = subprocess.run(
+        [openssl, "dgst", "-sha256", "-hmac", SECRET, "-r"],
+        input=text, capture_output=True, check=True,
+    ).stdout.decode().split()[0]  # fmt: skip
+    assert digest == sign(SECRET, *values)
