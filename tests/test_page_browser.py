@@ -198,6 +198,12 @@ def test_whole_flow_in_a_browser_then_postfix_sends_past_the_limit(
             result = driver.find_element(By.CSS_SELECTOR, ".result").text
             assert address in result
             screenshot(driver, f"done-{suffix}")
+            # Print-friendly: on paper the result stays, the navigation goes.
+            driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+            assert not driver.find_element(By.TAG_NAME, "nav").is_displayed()
+            assert driver.find_element(By.CSS_SELECTOR, ".result").is_displayed()
+            assert driver.find_element(By.ID, "until").is_displayed()
+            driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
 
             # Effective at once: well past the limit, every message is accepted.
             for _ in range(LIMIT + 2):

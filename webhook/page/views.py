@@ -174,7 +174,11 @@ class PageViews:
         response = self.render(
             request,
             "error.html",
-            {"code": refusal.code, **refusal.details},
+            {
+                "code": refusal.code,
+                "handoff_minutes": -(-self.settings.handoff_max_age // 60),
+                **refusal.details,
+            },
             STATUS.get(refusal.code, 400),
         )
         if refusal.code == "store_unavailable":
