@@ -22,10 +22,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ratelimit.addresses import IPAddress
-from ratelimit.grants import Grant, Grants, TooManyGrants
+from ratelimit.grants import Grant, Grants
 from ratelimit.settings import Settings
 from ratelimit.store import StoreUnavailable
-from webhook import rules
+from webhook import granting, rules
 from webhook.models import GrantRequest
 from webhook.page import i18n
 from webhook.page.captcha import CaptchaRenderer
@@ -66,7 +66,7 @@ HEADERS = {
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 # HTTP status of each outcome; the webhook's codes keep the webhook's statuses.
-STATUS = {
+STATUS = granting.STATUS | {
     "handoff_expired": 403,
     IP_MISMATCH: 403,
     "-1": 403,
@@ -77,13 +77,7 @@ STATUS = {
     "csrf_failed": 403,
     "bad_request": 400,
     "wrong_code": 403,  # only when the session ended; a first wrong code re-shows the form (200)
-    "invalid_ip": 422,
-    "ip_not_allowed": 422,
-    "no_registered_name": 422,
-    "too_many_grants": 429,
-    "dns_error": 502,
     "store_unavailable": 503,
-    "dns_timeout": 504,
 }
 
 View = Callable[["PageViews", web.Request], Awaitable[web.StreamResponse]]
@@ -337,67 +331,45 @@ class PageViews:
             log.info("page refused client=%s: the hand-off's values break the webhook's rules", ip)
             raise Refusal("bad_request") from None
         try:
-            rules.check_eligible(session.role, session.status, self.settings.eligible)
-            address = rules.check_ip(str(ip), self.settings.allowed_networks)
-        except rules.NotEligible:
-            raise Refusal(NOT_ELIGIBLE) from None
-        except rules.InvalidIp as error:
-            raise Refusal("invalid_ip", client=str(ip), why=str(error)) from None
-        except rules.IpNotAllowed:
-            raise Refusal("ip_not_allowed", client=str(ip)) from None
-        try:
-            name = await self.resolver.check(address)
-        except NoRegisteredName:
-            raise Refusal("no_registered_name", client=str(ip)) from None
-        except DnsTimeout as error:
-            log.warning("page ip=%s user=%s: DNS timeout (%s)", ip, session.user, error)
-            raise Refusal("dns_timeout") from None
-        except DnsError as error:
-            log.warning("page ip=%s user=%s: DNS failure (%s)", ip, session.user, error)
-            raise Refusal("dns_error") from None
-        try:
-            grant, created = await self.grants.grant(
-                address,
+            grant, _created = await granting.grant_by_rules(
+                self.settings,
+                self.resolver,
+                self.grants,
+                ip=str(ip),
                 user=session.user,
                 role=session.role,
                 status=session.status,
                 source=SOURCE,
-                max_per_user=self.settings.max_grants_per_user,
+                log=log,
             )
-        except TooManyGrants as error:
-            log.info("page refused ip=%s user=%s: holds %d grants", ip, session.user, error.held)
-            raise Refusal("too_many_grants", held=error.held) from None
-        log.info(
-            "page %s ip=%s user=%s role=%s status=%s name=%s expires=%s",
-            "grant" if created else "refresh",
-            grant.ip,
-            grant.user,
-            grant.role,
-            grant.status,
-            name or "-",
-            grant.expires_at.isoformat(timespec="seconds"),
-        )
+        except granting.Refused as refused:
+            if refused.code == "not_eligible":
+                raise Refusal(NOT_ELIGIBLE) from None
+            raise Refusal(refused.code, client=str(ip), held=refused.held) from None
         return grant
 
-    async def _code_for(self, request: web.Request) -> str | None:
+    async def _captcha(
+        self,
+        request: web.Request,
+        render: Callable[[str], Awaitable[bytes]],
+        content_type: str,
+    ) -> web.Response:
+        """The session's current code through ``render`` (only for a valid session)."""
         session, _ip = await self.session(request)
-        return await self.sessions.peek_code(session.id)
+        code = await self.sessions.peek_code(session.id)
+        if code is None:
+            return web.Response(status=404, text="no current code; reload the page")
+        return web.Response(body=await render(code), content_type=content_type)
 
     @_page_view
     async def captcha_png(self, request: web.Request) -> web.StreamResponse:
         """``GET /apply/captcha.png``: the current code, drawn."""
-        code = await self._code_for(request)
-        if code is None:
-            return web.Response(status=404, text="no current code; reload the page")
-        return web.Response(body=await self.captcha.png(code), content_type="image/png")
+        return await self._captcha(request, self.captcha.png, "image/png")
 
     @_page_view
     async def captcha_wav(self, request: web.Request) -> web.StreamResponse:
         """``GET /apply/captcha.wav``: the current code, spoken."""
-        code = await self._code_for(request)
-        if code is None:
-            return web.Response(status=404, text="no current code; reload the page")
-        return web.Response(body=await self.captcha.wav(code), content_type="audio/wav")
+        return await self._captcha(request, self.captcha.wav, "audio/wav")
 
     @_page_view
     async def stylesheet(self, request: web.Request) -> web.StreamResponse:
