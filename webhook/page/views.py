@@ -9,6 +9,7 @@ with source ``page``; the policy server sees it on its very next request.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -211,8 +212,8 @@ class PageViews:
     async def form(
         self, request: web.Request, session: Session, ip: IPAddress, error: str = "none"
     ) -> web.Response:
-        code = await self.sessions.show(session, self.clock())
-        del code  # only its image and its sound leave this process
+        # A fresh code for this view; only its image and its sound ever leave this process.
+        await self.sessions.show(session, self.clock())
         grant = await self.grants.get(ip)
         name, name_problem = await self._name(ip)
         return self.render(
@@ -265,9 +266,7 @@ class PageViews:
         if not await self.sessions.claim_handoff(handoff, self.settings.handoff_max_age):
             log.warning("page hand-off replayed from %s (user %s)", ip, handoff.user)
             raise Refusal("handoff_expired")
-        handoff = type(handoff)(
-            handoff.user, handoff.role, handoff.status, str(ip), handoff.ts, handoff.sig
-        )
+        handoff = dataclasses.replace(handoff, ip=str(ip))  # the address as we write it
         session = await self.sessions.create(handoff, self.clock())
         log.info("page session for user=%s client=%s", session.user, ip)
         location = "/apply" + i18n.query_suffix(request)
@@ -307,7 +306,7 @@ class PageViews:
             log.info("page wrong code user=%s client=%s (%d)", session.user, ip, wrong)
             if wrong >= MAX_WRONG_CODES:
                 raise Refusal("wrong_code", end_session=True, ended=True)
-            refreshed = type(session)(**{**_fields(session), "wrong": wrong})
+            refreshed = dataclasses.replace(session, wrong=wrong)
             return await self.form(request, refreshed, ip, error="wrong_code")
         grant = await self._grant(session, ip)
         return self.render(
@@ -383,10 +382,6 @@ class PageViews:
     @functools.cached_property
     def _css(self) -> str:
         return (STATIC / "style.css").read_text(encoding="utf-8")
-
-
-def _fields(session: Session) -> dict[str, Any]:
-    return {name: getattr(session, name) for name in session.__slots__}
 
 
 def _local(moment: datetime) -> datetime:
