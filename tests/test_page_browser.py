@@ -261,6 +261,10 @@ def test_failure_pages_in_a_browser(
         wait_for_page(driver, "-4")
         screenshot(driver, f"error-portal-check-{suffix}")
 
+        driver.get(page.handoff(ip="127.0.0.1", role="student", status="graduated"))
+        wait_for_page(driver, "-5")
+        screenshot(driver, f"error-not-eligible-{suffix}")
+
         url = page.handoff(ip="127.0.0.1")
         driver.get(url)
         wait_for_page(driver, "none")
@@ -272,6 +276,12 @@ def test_failure_pages_in_a_browser(
         assert driver.find_element(By.CSS_SELECTOR, ".problem").text
         assert image_loaded(driver, "captcha")
         screenshot(driver, f"wrong-code-{suffix}")
+
+        # The right code from a loopback address: the webhook's rule refuses it, as a page.
+        right = code_from_redis(redis_server.url, settings.key_prefix, driver)
+        driver.find_element(By.ID, "code").send_keys(right + "\n")
+        wait_for_page(driver, "invalid_ip")
+        screenshot(driver, f"error-invalid-ip-{suffix}")
 
         # The same link a second time: used up.
         driver.get(url)

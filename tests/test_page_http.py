@@ -205,6 +205,13 @@ async def test_replayed_handoff_is_handoff_expired(direct: Page) -> None:
     async with client("127.0.0.2") as second:
         replay = await fetch(second, "GET", url)
         assert (replay.status, replay.error) == (403, "handoff_expired")
+    # Remembered at least as long as the link verifies (HANDOFF_MAX_AGE, plus the clock skew a
+    # link may be early by), so no replay window opens at the end of its life.
+    claims = [
+        k async for k in direct.store.client.scan_iter(direct.settings.key_prefix + "page:h:*")
+    ]
+    assert len(claims) == 1
+    assert await direct.store.client.ttl(claims[0]) > direct.settings.handoff_max_age
 
 
 async def test_handoff_from_another_address_is_ip_mismatch(direct: Page) -> None:

@@ -31,7 +31,7 @@ from webhook.models import GrantRequest
 from webhook.page import i18n
 from webhook.page.captcha import CaptchaRenderer
 from webhook.page.client_address import HEADER, client_address
-from webhook.page.handoff import HandoffInvalid, verify
+from webhook.page.handoff import CLOCK_SKEW, HandoffInvalid, verify
 from webhook.page.session import (
     IP_MISMATCH,
     MAX_WRONG_CODES,
@@ -263,7 +263,10 @@ class PageViews:
         if ip is None or rules.parse_address(handoff.ip) != ip:
             log.info("page hand-off for %s from %s: IP mismatch", handoff.ip, ip)
             raise Refusal(IP_MISMATCH, client=str(ip))
-        if not await self.sessions.claim_handoff(handoff, self.settings.handoff_max_age):
+        # Remembered for as long as the link could still verify: up to CLOCK_SKEW early, plus
+        # HANDOFF_MAX_AGE.
+        lifetime = self.settings.handoff_max_age + CLOCK_SKEW
+        if not await self.sessions.claim_handoff(handoff, lifetime):
             log.warning("page hand-off replayed from %s (user %s)", ip, handoff.user)
             raise Refusal("handoff_expired")
         handoff = dataclasses.replace(handoff, ip=str(ip))  # the address as we write it
