@@ -12,7 +12,9 @@ Every page the browser sees is saved to docs/screenshots/ (committed; the README
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import html
 import http.server
 import re
 import signal
@@ -173,8 +175,13 @@ def test_whole_flow_in_a_browser_then_postfix_sends_past_the_limit(
             url = signer.stdout.strip()
             assert url.startswith(f"{page_base}/apply/handoff?")
 
+            # The login system is another site linking here: the cross-site top-level GET must
+            # still set and send the SameSite=Lax session cookie.
             driver = chrome(lang, address)
-            driver.get(url)
+            login = f'<a id="portal" href="{html.escape(url)}">Division of Network Systems</a>'
+            with other_site(login) as login_system:
+                driver.get(login_system)
+                driver.find_element(By.ID, "portal").click()
             WebDriverWait(driver, WAIT, poll_frequency=0.05).until(
                 lambda d: d.current_url == f"{page_base}/apply"
             )
@@ -218,24 +225,31 @@ def test_whole_flow_in_a_browser_then_postfix_sends_past_the_limit(
                 product.stop()
 
 
-class _CrossSite(http.server.BaseHTTPRequestHandler):
-    """Another site's page with a form that posts to ours (no script: a click submits it)."""
+@contextlib.contextmanager
+def other_site(body: str, host: str = "127.0.0.2") -> Iterator[str]:
+    """Another site (another address is another site to a browser) serving one HTML page."""
+    data = body.encode()
 
-    target = ""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
-    def do_GET(self) -> None:
-        body = (
-            f'<form method="post" action="{self.target}"><input name="code" value="12345">'
-            '<button id="go">win a prize</button></form>'
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        def log_message(self, format: str, *args: object) -> None:
+            pass
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    server = http.server.HTTPServer((host, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
 
 
 @pytest.mark.parametrize("lang", ["en", "zh-TW"])
@@ -289,17 +303,14 @@ def test_failure_pages_in_a_browser(
 
         # Another site's form posting to the page: the browser does not send the SameSite=Lax
         # cookie with a cross-site POST, and there is no CSRF token: nothing happens.
-        _CrossSite.target = page.base + "/apply"
-        evil = http.server.HTTPServer(("127.0.0.2", 0), _CrossSite)
-        thread = threading.Thread(target=evil.serve_forever, daemon=True)
-        thread.start()
-        try:
-            driver.get(f"http://127.0.0.2:{evil.server_address[1]}/")
+        form = (
+            f'<form method="post" action="{page.base}/apply"><input name="code" value="12345">'
+            '<button id="go">win a prize</button></form>'
+        )
+        with other_site(form) as evil:
+            driver.get(evil)
             driver.find_element(By.ID, "go").click()
             wait_for_page(driver, "-4")
-        finally:
-            evil.shutdown()
-            evil.server_close()
         # And the session itself is unharmed.
         driver.get(page.base + "/apply")
         wait_for_page(driver, "none")
