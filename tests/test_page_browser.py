@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import redis
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -101,7 +102,14 @@ def wait_for_page(driver: WebDriver, error: str, heading: str | None = None) -> 
             return False
         return heading is None or heading in d.find_element(By.TAG_NAME, "h1").text
 
-    WebDriverWait(driver, WAIT, poll_frequency=0.05).until(shown)
+    # The page may be replaced between finding <main> and reading it (a navigation in flight):
+    # that element is then stale, and the next poll reads the new page.
+    WebDriverWait(
+        driver,
+        WAIT,
+        poll_frequency=0.05,
+        ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+    ).until(shown)
 
 
 def screenshot(driver: WebDriver, name: str) -> None:
@@ -231,6 +239,9 @@ def other_site(body: str, host: str = "127.0.0.2") -> Iterator[str]:
     data = body.encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        # Chromium opens spare connections it may never use; they must not hold the server.
+        timeout = 5
+
         def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -241,7 +252,8 @@ def other_site(body: str, host: str = "127.0.0.2") -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = http.server.HTTPServer((host, 0), Handler)
+    server = http.server.ThreadingHTTPServer((host, 0), Handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
