@@ -156,6 +156,14 @@ class KeyLayout:
         """Stream: grants, refreshes and removals."""
         return f"{self.prefix}audit"
 
+    def offender(self, ip: str) -> str:
+        """Hash with a TTL: a client address' refusals per hour, its last limit and refusal."""
+        return f"{self.prefix}o:{ip}"
+
+    @property
+    def offender_pattern(self) -> str:
+        return f"{self.prefix}o:*"
+
     def nonce(self, nonce: str) -> str:
         """String with a TTL: a webhook nonce already used."""
         return f"{self.prefix}nonce:{nonce}"

@@ -20,6 +20,7 @@ import redis
 from aiohttp import web
 
 from ratelimit.grants import Grants
+from ratelimit.metrics import Metrics
 from ratelimit.nonces import NonceLedger
 from ratelimit.settings import ListenAddress, Settings
 from ratelimit.store import Store
@@ -115,6 +116,7 @@ async def running_page(
     *,
     resolver: RegisteredNameChecker | None = None,
     host: str = "127.0.0.1",
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Page]:
     """The webhook with its page on ``host`` (a free port), built as the CLI builds it."""
     store = Store.from_settings(settings)
@@ -127,6 +129,7 @@ async def running_page(
         store,
         resolver or RegisteredNameChecker.from_settings(settings),
         clock=clock,
+        metrics=metrics,
     )
     runner = await start_webhook(app, [ListenAddress(host, 0, None)])
     try:

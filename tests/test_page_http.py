@@ -21,6 +21,7 @@ import pytest
 
 from ratelimit.addresses import parse_ip
 from ratelimit.audit import AuditTrail
+from ratelimit.metrics import Metrics
 from tests.conftest import require_tool
 from tests.dns_server import Dnsmasq, Zone, running_dnsmasq, silent_dns_server
 from tests.helpers import RedisServer
@@ -536,3 +537,18 @@ async def test_language_from_accept_language_and_lang(direct: Page) -> None:
         browser, form = await open_page(direct, "127.0.0.2")
         async with browser:
             assert "Lift the sending limit" in form.text
+
+
+async def test_page_grants_are_counted_with_source_page(redis_server: RedisServer) -> None:
+    metrics = Metrics()
+    settings = page_settings(redis_server.url, **PROXY)
+    async with running_page(settings, metrics=metrics) as page:
+        browser, form = await open_page(page, ip="198.18.0.50")
+        async with browser:
+            assert (await submit(page, browser, form)).error == "none"
+        refused, refused_form = await open_page(page, ip="203.0.113.50")
+        async with refused:
+            assert (await submit(page, refused, refused_form)).error == "ip_not_allowed"
+    text = metrics.exposition().decode()
+    assert 'smtp_whitelist_grants_total{outcome="created",source="page"} 1.0' in text
+    assert 'smtp_whitelist_grants_total{outcome="refused",source="page"} 1.0' in text

@@ -26,6 +26,12 @@ STATUS = {
     "dns_timeout": 504,
 }
 
+# The codes where a rule said no (counted as refused grants); a DNS failure is not one: the
+# check could not be made, and the person did nothing wrong.
+RULE_REFUSALS = frozenset(
+    {"not_eligible", "invalid_ip", "ip_not_allowed", "no_registered_name", "too_many_grants"}
+)
+
 
 class Refused(Exception):
     """A campus rule refused the grant: ``code`` (a key of :data:`STATUS`) and why."""

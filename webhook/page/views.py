@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from ratelimit.addresses import IPAddress
 from ratelimit.grants import Grant, Grants
+from ratelimit.metrics import Metrics
 from ratelimit.settings import Settings
 from ratelimit.store import StoreUnavailable
 from webhook import granting, rules
@@ -125,6 +126,7 @@ class PageViews:
         resolver: RegisteredNameChecker,
         captcha: CaptchaRenderer,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         if settings.handoff_secret is None:
             raise ValueError("SMTP_WHITELIST_HANDOFF_SECRET is required for the page")
@@ -135,10 +137,15 @@ class PageViews:
         self.resolver = resolver
         self.captcha = captcha
         self.clock = clock
+        self.metrics = metrics
         # Secure when the public URL is https: the cookie then never travels over plain HTTP.
         self.secure_cookie = settings.page_url.startswith("https://")
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _count_grant(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.grants.labels(SOURCE, outcome).inc()
 
     def client_ip(self, request: web.Request) -> IPAddress | None:
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -331,9 +338,10 @@ class PageViews:
             GrantRequest(ip=str(ip), user=session.user, role=session.role, status=session.status)
         except ValidationError:
             log.info("page refused client=%s: the hand-off's values break the webhook's rules", ip)
+            self._count_grant("refused")
             raise Refusal("bad_request") from None
         try:
-            grant, _created = await granting.grant_by_rules(
+            grant, created = await granting.grant_by_rules(
                 self.settings,
                 self.resolver,
                 self.grants,
@@ -345,9 +353,12 @@ class PageViews:
                 log=log,
             )
         except granting.Refused as refused:
+            if refused.code in granting.RULE_REFUSALS:
+                self._count_grant("refused")
             if refused.code == "not_eligible":
                 raise Refusal(NOT_ELIGIBLE) from None
             raise Refusal(refused.code, client=str(ip), held=refused.held) from None
+        self._count_grant("created" if created else "refreshed")
         return grant
 
     async def _captcha(
@@ -401,9 +412,12 @@ def install(
     *,
     captcha: CaptchaRenderer | None = None,
     clock: Callable[[], float] = time.time,
+    metrics: Metrics | None = None,
 ) -> PageViews:
     """Add the page's routes and template environments to the webhook's ``app``."""
-    views = PageViews(settings, sessions, grants, resolver, captcha or CaptchaRenderer(), clock)
+    views = PageViews(
+        settings, sessions, grants, resolver, captcha or CaptchaRenderer(), clock, metrics
+    )
     i18n.setup(app)
     app.router.add_get("/apply/handoff", views.handoff, allow_head=False)
     app.router.add_get("/apply", views.show, allow_head=False)
