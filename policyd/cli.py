@@ -26,7 +26,9 @@ from typing import Any, NoReturn
 from policyd import logs
 from policyd.protocol import encode_request, parse_reply
 from ratelimit.addresses import IPAddress, in_networks, parse_ip
+from ratelimit.grant_rules import InvalidGrant
 from ratelimit.settings import (
+    MAX_WHITELIST_TTL,
     ListenAddress,
     Settings,
     SettingsError,
@@ -34,7 +36,7 @@ from ratelimit.settings import (
     load_settings,
     parse_listen,
 )
-from ratelimit.store import Store, StoreUnavailable
+from ratelimit.store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("policyd")
 
@@ -70,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     add = sub.add_parser("add", help="grant: IP is not limited for TTL seconds (no campus rule)")
     add.add_argument("ip")
     add.add_argument("--user", help="who the grant is for (default: your login name)")
-    add.add_argument("--ttl", type=_positive_int, help="seconds (default: WHITELIST_TTL)")
+    add.add_argument(
+        "--ttl",
+        type=_grant_ttl,
+        help=f"seconds, 1 to {MAX_WHITELIST_TTL} (default: WHITELIST_TTL)",
+    )
 
     remove = sub.add_parser("remove", help="end a grant now")
     remove.add_argument("ip")
@@ -116,17 +122,34 @@ def build_parser() -> argparse.ArgumentParser:
     limited = sub.add_parser("limited", help="clients refused right now (= top --now)")
     limited.add_argument("--last", type=_positive_int, default=20, help="clients (default 20)")
     limited.add_argument("--json", action="store_true")
+
+    handoff = sub.add_parser(
+        "handoff-url", help="print a signed hand-off URL to the self-service page"
+    )
+    for name in ("user", "role", "status", "ip"):
+        handoff.add_argument(f"--{name}", required=True)
+    handoff.add_argument("--base", help="the page's URL, ending in /apply (default: PAGE_URL)")
     return parser
 
 
 def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    # ASCII only: str.isdigit() also takes "²", which int() then refuses.
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
 
 
+def _grant_ttl(text: str) -> int:
+    # Bounded as WHITELIST_TTL is: beyond it Redis refuses the expiry (and a 3,000-year grant
+    # is a typo, not an override).
+    seconds = _positive_int(text)
+    if seconds > MAX_WHITELIST_TTL:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_WHITELIST_TTL} seconds")
+    return seconds
+
+
 def _non_negative_int(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(text)
 
@@ -179,6 +202,10 @@ def run(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"smtp-whitelist: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreError as error:
+        # Redis is there and said no (out of memory, read-only): the operation failed.
+        print(f"smtp-whitelist: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except StoreUnavailable as error:
         print(f"smtp-whitelist: Redis unreachable ({error})", file=sys.stderr)
         return EXIT_STORE
@@ -256,8 +283,19 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     metrics_server: Any = None
 
     def reload() -> None:
-        nonlocal settings
         notify("RELOADING=1")
+        try:
+            apply_new_settings()
+        except Exception:
+            # A bug (bad settings are SettingsError, handled inside): the running settings stay
+            # and the traceback goes to the log, for whoever fixes it.
+            log.exception("SIGHUP: reload failed, keeping the running settings")
+        finally:
+            # Always, or systemd would show the unit "reloading" for ever.
+            notify("READY=1")
+
+    def apply_new_settings() -> None:
+        nonlocal settings
         try:
             new = load_settings(env_file)
         except SettingsError as error:
@@ -276,7 +314,6 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
                 server=server if policy else None,
                 webhook=runner.app[WEBHOOK] if runner is not None else None,
             )
-        notify("READY=1")
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
@@ -388,27 +425,37 @@ async def _cmd_add(args: argparse.Namespace, settings: Settings, env: Path | Non
     from ratelimit.grants import Grants
 
     address = _ip(args.ip)
-    user = args.user or os.environ.get("SUDO_USER") or getpass.getuser()
+    actor = _operator()
+    user = args.user or actor
     async with _store(settings) as store:
-        grant, created = await Grants(store, settings).grant(
-            address,
-            user=user,
-            role="operator",
-            status="override",
-            source="cli",
-            ttl=args.ttl,
-            max_per_user=None,
-        )
+        try:
+            grant, created = await Grants(store, settings).grant(
+                address,
+                user=user,
+                role="operator",
+                status="override",
+                source="cli",
+                ttl=args.ttl,
+                max_per_user=None,
+                actor=actor,
+            )
+        except InvalidGrant as error:
+            raise UsageError(str(error)) from None
     verb = "granted" if created else "refreshed"
     print(f"{verb} {grant.ip} for {grant.user} until {_time(grant.expires_at)} ({grant.ttl} s)")
     return EXIT_OK
+
+
+def _operator() -> str:
+    """Who is running the command: the person behind sudo (or doas), else the login name."""
+    return os.environ.get("SUDO_USER") or os.environ.get("DOAS_USER") or getpass.getuser()
 
 
 async def _cmd_remove(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
     from ratelimit.grants import Grants
 
     address = _ip(args.ip)
-    actor = os.environ.get("SUDO_USER") or getpass.getuser()
+    actor = _operator()
     async with _store(settings) as store:
         grant = await Grants(store, settings).revoke(address, source="cli", actor=actor)
     if grant is None:
@@ -510,7 +557,7 @@ async def _cmd_reset(args: argparse.Namespace, settings: Settings, env: Path | N
     from ratelimit.offenders import Offenders
 
     address = _ip(args.ip)
-    actor = os.environ.get("SUDO_USER") or getpass.getuser()
+    actor = _operator()
     async with _store(settings) as store:
         network = Limiter(store, LimitConfig.from_settings(settings)).network_of(address)
         cleared = await Offenders(store).reset(str(address), network, source="cli", actor=actor)
@@ -695,6 +742,29 @@ def smallest_counts(settings: Settings) -> tuple[int | None, int | None]:
     return messages, recipients
 
 
+async def _cmd_handoff_url(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    import time
+
+    from webhook.page.handoff import handoff_url
+
+    if settings.handoff_secret is None:
+        raise UsageError("SMTP_WHITELIST_HANDOFF_SECRET: required to sign a hand-off URL")
+    base = args.base or settings.page_url
+    if not base:
+        raise UsageError("--base: give the page's URL, or set SMTP_WHITELIST_PAGE_URL")
+    url = handoff_url(
+        base,
+        settings.handoff_secret.get_secret_value(),
+        user=args.user,
+        role=args.role,
+        status=args.status,
+        ip=args.ip,
+        ts=int(time.time()),
+    )
+    print(url)
+    return EXIT_OK
+
+
 class _store:
     """``async with _store(settings) as store``: a store for one CLI command, closed after."""
 
@@ -728,4 +798,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Path | None], Awaita
     "reset": _cmd_reset,
     "top": _cmd_top,
     "limited": _cmd_limited,
+    "handoff-url": _cmd_handoff_url,
 }

@@ -23,7 +23,7 @@ from ratelimit.limiter import Counted, Limiter, Outcome, Verdict
 from ratelimit.limits import Limit, format_window
 from ratelimit.metrics import Metrics
 from ratelimit.settings import Settings
-from ratelimit.store import StoreUnavailable
+from ratelimit.store import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,12 @@ class Replies:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Replies:
+        # {page} is known at start-up (PAGE_URL, validated free of braces); filling it in here
+        # leaves only {ip}, {limit} and {window} for each decision.
         return cls(
-            settings.limit_reply,
+            settings.limit_reply.replace("{page}", settings.page_url),
             settings.on_store_error,
-            settings.too_big_reply,
+            settings.too_big_reply.replace("{page}", settings.page_url),
             settings.mode == "monitor",
         )
 
@@ -378,8 +380,9 @@ class PolicyDecider:
             if action != configured:
                 mode = "fail-open: MODE=monitor"
             log.warning(
-                "store unavailable (%s): answering ON_STORE_ERROR=%s (%s); %d request(s) so far"
+                "store %s (%s): answering ON_STORE_ERROR=%s (%s); %d request(s) so far"
                 " in this outage; latest client=%s stage=%s queue_id=%s",
+                "error" if isinstance(error, StoreError) else "unavailable",
                 error,
                 configured,
                 mode,

@@ -36,6 +36,12 @@ WEBHOOK_SETTINGS = frozenset(
 )  # fmt: skip
 
 
+# The self-service page's own settings, served by the webhook's listener (restart to change).
+PAGE_SETTINGS = frozenset(
+    {"handoff_secret", "handoff_max_age", "session_idle", "session_max_age", "trusted_proxies"}
+)
+
+
 def apply_reload(
     running: Settings,
     new: Settings,
@@ -59,7 +65,7 @@ def apply_reload(
     else:
         unused |= CONNECTION_SETTINGS | {"policy_listen"}
     if webhook is None:
-        unused |= WEBHOOK_SETTINGS | {"webhook_listen"}
+        unused |= WEBHOOK_SETTINGS | PAGE_SETTINGS | {"webhook_listen"}
     if changed & LOG_SETTINGS:
         problem = None
         try:

@@ -6,6 +6,7 @@ module reads it for ``smtp-whitelist audit``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -17,7 +18,8 @@ from ratelimit.store import Store
 AUDIT_MAX_ENTRIES = 100_000
 
 # Entries read per XREVRANGE call while filtering, so a filter over a long stream never makes
-# one huge reply.
+# one huge reply, and each call (with its own STORE_TIMEOUT) stays far below that timeout: a
+# filter over the whole stream (AUDIT_MAX_ENTRIES) is about a hundred such calls.
 READ_CHUNK = 1000
 
 
@@ -84,24 +86,23 @@ class AuditTrail:
         """The ``last`` newest entries that match, returned oldest first (as a log reads)."""
         client, key = self.store.client, self.store.keys.audit
 
-        async def scan() -> list[AuditEntry]:
-            found: list[AuditEntry] = []
-            upper = "+"
-            while len(found) < last:
-                chunk = cast(
-                    list[tuple[bytes, dict[bytes, bytes]]],
-                    await client.xrevrange(key, max=upper, min="-", count=READ_CHUNK),
-                )
-                if not chunk:
-                    break
-                for entry_id, fields in chunk:
-                    entry = _entry(entry_id, fields)
-                    if (ip is None or entry.ip == ip) and (user is None or entry.user == user):
-                        found.append(entry)
-                        if len(found) == last:
-                            break
-                upper = "(" + _text(chunk[-1][0])
-            return found
+        async def read_chunk(upper: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+            reply = await client.xrevrange(key, max=upper, min="-", count=READ_CHUNK)
+            return cast(list[tuple[bytes, dict[bytes, bytes]]], reply)
 
-        entries = await self.store.call(scan)
-        return list(reversed(entries))
+        found: list[AuditEntry] = []
+        upper = "+"
+        while len(found) < last:
+            # One bounded call per chunk: a rare user's entries may lie behind the whole
+            # stream, and reading all of it under one STORE_TIMEOUT would time out.
+            chunk = await self.store.call(functools.partial(read_chunk, upper))
+            if not chunk:
+                break
+            for entry_id, fields in chunk:
+                entry = _entry(entry_id, fields)
+                if (ip is None or entry.ip == ip) and (user is None or entry.user == user):
+                    found.append(entry)
+                    if len(found) == last:
+                        break
+            upper = "(" + _text(chunk[-1][0])
+        return list(reversed(found))

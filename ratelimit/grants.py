@@ -14,7 +14,8 @@ from typing import Any
 
 from ratelimit.addresses import IPAddress
 from ratelimit.audit import AUDIT_MAX_ENTRIES
-from ratelimit.settings import Settings
+from ratelimit.grant_rules import check_grantable
+from ratelimit.settings import MAX_WHITELIST_TTL, Settings
 from ratelimit.store import Script, Store
 
 _GRANT = Script("grant")
@@ -96,13 +97,19 @@ class Grants:
         source: str,
         ttl: int | None = None,
         max_per_user: int | None,
+        actor: str = "",
     ) -> tuple[Grant, bool]:
         """Grant ``ip`` (or refresh it to the full TTL). True when it is a new grant.
 
-        Raises TooManyGrants when ``user`` holds ``max_per_user`` other live grants
-        (None: no cap, the operator's override).
+        Raises InvalidGrant for a user name or address nobody may grant (whoever asks), and
+        TooManyGrants when ``user`` holds ``max_per_user`` other live grants. None: the
+        operator's override, which has no cap and does not count against the user's.
+        ``actor``: who made the change, when not the user (the operator), for the audit trail.
         """
+        check_grantable(ip, user)
         ttl = self.default_ttl if ttl is None else ttl
+        if not 1 <= ttl <= MAX_WHITELIST_TTL:
+            raise ValueError(f"a grant lasts 1 to {MAX_WHITELIST_TTL} seconds, not {ttl}")
         keys = self.store.keys
         address = str(ip)
         reply = await self.store.run_script(
@@ -118,6 +125,7 @@ class Grants:
                 max_per_user or 0,
                 AUDIT_MAX_ENTRIES,
                 keys.user_grants_prefix,
+                actor,
             ],
         )
         if reply[0] == -1:

@@ -18,7 +18,9 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ratelimit.actions import check_action
 from ratelimit.addresses import IPNetwork, parse_networks
+from ratelimit.env_file import env_file_problems
 from ratelimit.limits import Limit, parse_limits
 
 ENV_PREFIX = "SMTP_WHITELIST_"
@@ -46,6 +48,10 @@ SYSLOG_FACILITIES = frozenset(
     {"mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5",
      "local6", "local7"}
 )  # fmt: skip
+
+# The longest grant, by WHITELIST_TTL or `add --ttl`: a week covers any operator's override,
+# and a longer one is a typo (and beyond what Redis takes as an expiry in ms, an error).
+MAX_WHITELIST_TTL = 7 * 86400
 
 _KEY_PREFIX = re.compile(r"^[A-Za-z0-9_:.\-]{1,32}$")
 
@@ -87,7 +93,7 @@ def parse_listen(text: str) -> tuple[ListenAddress, ...]:
                 raise ValueError(f"{item!r}: a UNIX socket path must be absolute")
             found.append(ListenAddress(None, None, path))
             continue
-        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", item)
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})", item)
         if match is None:
             raise ValueError(f"{item!r} is not host:port, [v6addr]:port or unix:/path")
         host = match.group(1) or match.group(3)
@@ -124,15 +130,18 @@ def _check_action(value: str, name: str) -> str:
         raise ValueError(f"{name} must not be empty")
     if any(ch in value for ch in "\r\n\0"):
         raise ValueError(f"{name} must be one line")
-    return value.strip()
+    value = value.strip()
+    check_action(value)
+    return value
 
 
 def _check_template(value: str) -> str:
+    """A reply template may fill in {ip}, {limit}, {window} and {page} (PAGE_URL), no more."""
     try:
-        value.format(ip="192.0.2.1", limit="100 messages", window="1h")
+        value.format(ip="192.0.2.1", limit="100 messages", window="1h", page="https://x/apply")
     except (KeyError, IndexError, ValueError) as error:
         raise ValueError(
-            f"only {{ip}}, {{limit}} and {{window}} may be filled in ({error!s})"
+            f"only {{ip}}, {{limit}}, {{window}} and {{page}} may be filled in ({error!s})"
         ) from None
     return value
 
@@ -154,7 +163,7 @@ class Settings(BaseSettings):
     policy_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = parse_listen("127.0.0.1:10031")
     webhook_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = parse_listen("127.0.0.1:10032")
     webhook_secret: SecretStr | None = None
-    whitelist_ttl: int = Field(3600, ge=1, le=7 * 86400)
+    whitelist_ttl: int = Field(3600, ge=1, le=MAX_WHITELIST_TTL)
     message_limits: Annotated[tuple[Limit, ...], NoDecode] = parse_limits("100/1h")
     recipient_limits: Annotated[tuple[Limit, ...], NoDecode] = parse_limits("1000/1h")
     ipv4_prefix: int = Field(32, ge=8, le=32)
@@ -182,6 +191,14 @@ class Settings(BaseSettings):
     # Empty: no metrics listener (and nothing counted for it).
     metrics_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = ()
     offender_threshold: int = Field(50, ge=1, le=1_000_000)
+    # The self-service page (webhook/page); off while HANDOFF_SECRET is empty.
+    handoff_secret: SecretStr | None = None
+    # The login system's hand-off link is followed at once; two minutes is the campus' own rule.
+    handoff_max_age: int = Field(120, ge=10, le=3600)
+    session_idle: int = Field(600, ge=10, le=86400)
+    session_max_age: int = Field(1800, ge=10, le=7 * 86400)
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+    page_url: str = ""
 
     @field_validator("redis_url")
     @classmethod
@@ -217,7 +234,9 @@ class Settings(BaseSettings):
     def _limits(cls, value: object) -> object:
         return parse_limits(value) if isinstance(value, str) else value
 
-    @field_validator("exempt_networks", "allowed_networks", "limited_networks", mode="before")
+    @field_validator(
+        "exempt_networks", "allowed_networks", "trusted_proxies", "limited_networks", mode="before"
+    )
     @classmethod
     def _networks(cls, value: object) -> object:
         return parse_networks(value) if isinstance(value, str) else value
@@ -238,7 +257,7 @@ class Settings(BaseSettings):
             if not item:
                 continue
             host, port = item, 53
-            match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", item)
+            match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([0-9.]+):([0-9]{1,5})", item)
             if match:
                 host = match.group(1) or match.group(3)
                 port = int(match.group(2) or match.group(4))
@@ -251,7 +270,23 @@ class Settings(BaseSettings):
             servers.append((host, port))
         return tuple(servers)
 
-    @field_validator("webhook_secret")
+    @field_validator("handoff_secret", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        # INTERFACE.md: an empty HANDOFF_SECRET turns the page off rather than being too short.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("page_url")
+    @classmethod
+    def _page_url(cls, value: str) -> str:
+        value = value.strip()
+        # Braces would be read as placeholders when {page} is filled into LIMIT_REPLY, and a
+        # space or a query would not survive inside an SMTP reply or the hand-off URL.
+        if value and not re.fullmatch(r"https?://[^\s{}?#]+", value):
+            raise ValueError("must be an http:// or https:// URL without spaces, braces or query")
+        return value.rstrip("/")
+
+    @field_validator("webhook_secret", "handoff_secret")
     @classmethod
     def _secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
@@ -276,7 +311,7 @@ class Settings(BaseSettings):
     def _too_big_reply(cls, value: str) -> str:
         value = _check_template(_check_action(value, "the reply"))
         # Permanent on purpose: a 4xx would make the client retry a message that cannot pass.
-        if not re.fullmatch(r"5\d\d( 5\.\d{1,3}\.\d{1,3})? \S.*", value):
+        if not value.startswith("5"):
             raise ValueError("must be a permanent reply: a 5xx code and a text (550 5.7.1 ...)")
         return value
 
@@ -336,9 +371,11 @@ def load_settings(env_file: Path | None) -> Settings:
         if not env_file.is_file():
             raise SettingsError([f"--env-file {env_file}: no such file"])
         try:
-            env_file.read_bytes()
+            problems = env_file_problems(env_file)
         except OSError as error:
             raise SettingsError([f"--env-file {env_file}: {error.strerror}"]) from None
+        if problems:
+            raise SettingsError(problems)
     lines = _unknown_names(env_file)
     try:
         settings = Settings(_env_file=env_file)

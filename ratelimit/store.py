@@ -17,6 +17,9 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from hiredis import pack_command
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ratelimit.settings import Settings
@@ -43,8 +46,28 @@ BREAKER_THRESHOLD = 3
 BREAKER_PROBE_INTERVAL = 0.5
 
 
+# A kept connection that Redis has closed (its idle `timeout`, a restart, a NAT or firewall that
+# forgets idle flows) is only found out when a command is written on it, and says nothing about
+# Redis itself. Such a call is tried once more, on a fresh connection, within the same
+# STORE_TIMEOUT. A timeout is never retried: Redis is slow or gone, and the deadline is spent.
+STALE_CONNECTION_ERRORS = (RedisConnectionError, ConnectionError)
+
+
+class _Stale(Exception):
+    """A batch failed on a connection that had served before, with no reply read from it."""
+
+
 class StoreUnavailable(Exception):
     """Redis failed, timed out, or is known to be down (circuit open)."""
+
+
+class StoreError(StoreUnavailable):
+    """Redis answered, with an error (out of memory, a read-only replica, a refused argument).
+
+    Redis is reachable, so this is no outage: the circuit stays closed and the CLI says "Redis
+    answered an error", not "unreachable". It is a StoreUnavailable all the same, because for a
+    decision or a grant the outcome is the same: the call did not happen.
+    """
 
 
 class CircuitBreaker:
@@ -196,10 +219,18 @@ class Store:
         """A store for ``settings``; the pool connects lazily and reconnects by itself."""
         client = aioredis.from_url(
             settings.redis_url,
-            socket_timeout=settings.store_timeout,
+            # No socket timeout: every call is bounded by STORE_TIMEOUT in call() or the
+            # batch's deadline. With one, redis-py writes each command under asyncio.wait_for,
+            # which on Python 3.11 loses a cancellation arriving as the write completes
+            # (CPython gh-86296), so the store's own deadline could expire in silence.
+            socket_timeout=None,
             socket_connect_timeout=settings.store_timeout,
             max_connections=MAX_POOL_CONNECTIONS,
             health_check_interval=0,
+            # Every pooled command: once more at once, on the same connection object
+            # reconnected, when it fails as a closed connection does (STALE_CONNECTION_ERRORS);
+            # the caller's STORE_TIMEOUT bounds both tries together.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             retry_on_timeout=False,
             decode_responses=False,
         )
@@ -211,6 +242,9 @@ class Store:
         try:
             async with asyncio.timeout(self.timeout):
                 result = await operation()
+        except ResponseError as error:
+            self.breaker.succeeded()  # it answered: reachable
+            raise StoreError(f"Redis answered an error: {_describe(error)}") from error
         except (RedisError, OSError, TimeoutError) as error:
             self.breaker.failed(_describe(error))
             raise StoreUnavailable(_describe(error)) from error
@@ -267,7 +301,11 @@ class Store:
     async def _flush(self, batch: list[_Pending], deadline: float) -> None:
         try:
             async with asyncio.timeout_at(deadline):
-                results = await self._execute(batch)
+                try:
+                    results = await self._execute(batch)
+                except _Stale as stale:
+                    log.debug("Redis connection found closed (%s); trying once more", stale)
+                    results = await self._execute(batch)
                 missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
                 if missing:
                     # Redis restarted and lost its script cache: load once, run those again.
@@ -293,7 +331,7 @@ class Store:
             if future.done():
                 continue
             if isinstance(result, Exception):
-                future.set_exception(StoreUnavailable(_describe(result)))
+                future.set_exception(StoreError(f"Redis answered an error: {_describe(result)}"))
             else:
                 future.set_result(result)
 
@@ -307,12 +345,12 @@ class Store:
         """
         pool = self.client.connection_pool
         connection = self._connection
+        kept = connection is not None
         if connection is None:
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-            # The batch's own deadline bounds every read; without a socket timeout redis-py
-            # does not arm (and disarm) a timer for every reply as well.
-            connection.socket_timeout = None
+            # The batch's own deadline bounds every read (the pool sets no socket timeout).
             self._connection = connection
+        results: list[Any] = []
         try:
             packed = b"".join(
                 [
@@ -321,18 +359,20 @@ class Store:
                 ]
             )
             await connection.send_packed_command(packed, check_health=False)
-            results: list[Any] = []
             for _ in batch:
                 try:
                     results.append(await connection.read_response(disable_decoding=True))
                 except ResponseError as error:
                     results.append(error)
-        except BaseException:
+        except BaseException as error:
             # Replies may still be on their way: this connection can never be trusted again.
             self._connection = None
             await connection.disconnect(nowait=True)
-            connection.socket_timeout = self.timeout
             await pool.release(connection)
+            if kept and not results and isinstance(error, STALE_CONNECTION_ERRORS):
+                # Found closed before any reply: the connection died while idle (before the batch
+                # reached a running Redis), so a second try cannot count a message twice.
+                raise _Stale(_describe(error)) from error
             raise
         return results
 
@@ -342,7 +382,6 @@ class Store:
 
     async def aclose(self) -> None:
         if self._connection is not None:
-            self._connection.socket_timeout = self.timeout
             await self.client.connection_pool.release(self._connection)
             self._connection = None
         await self.breaker.aclose()

@@ -153,7 +153,8 @@ def test_every_line_of_the_snippet_and_table_is_explained() -> None:
 
 
 def test_the_wheel_carries_the_data_files(tmp_path: Path) -> None:
-    """The Lua scripts, py.typed and openapi.yaml are in the built wheel (what pip installs)."""
+    """The data files (Lua scripts, py.typed, openapi.yaml, the page's templates, styles and
+    translations) are in the built wheel, which is what pip installs."""
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
         capture_output=True, text=True, timeout=300, check=False,
@@ -169,6 +170,9 @@ def test_the_wheel_carries_the_data_files(tmp_path: Path) -> None:
         "ratelimit/py.typed",
         "policyd/py.typed",
         "webhook/openapi.yaml",
+        "webhook/page/templates/apply.html",
+        "webhook/page/static/style.css",
+        "webhook/page/locale/zh_TW/LC_MESSAGES/messages.mo",
         "policyd/cli.py",
     ):
         assert wanted in names, wanted

@@ -7,6 +7,8 @@ A ``POST /v1/whitelist`` goes through, in this order, each step answering on its
 body size (413) → signature and timestamp (401) → nonce (409) → Content-Type (415) → JSON body
 (400) → eligibility (403) → IP validity (422 ``invalid_ip``) → allowed networks (422
 ``ip_not_allowed``) → registered name in DNS (422 / 502 / 504) → grant (429 / 201 / 200).
+The steps from eligibility on are :func:`webhook.granting.grant_by_rules`, which the
+self-service page (:mod:`webhook.page`) goes through too.
 Redis failing anywhere is 503 ``store_unavailable``. Every error, aiohttp's own 404/405/413
 included, is JSON ``{"error": CODE, "detail": TEXT}``.
 """
@@ -22,14 +24,16 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from ratelimit.addresses import IPAddress
-from ratelimit.grants import Grant, Grants, TooManyGrants
+from ratelimit.grants import Grant, Grants
 from ratelimit.metrics import Metrics
 from ratelimit.nonces import NonceLedger
 from ratelimit.settings import Settings
-from ratelimit.store import Store, StoreUnavailable
-from webhook import auth, rules
+from ratelimit.store import Store, StoreError, StoreUnavailable
+from webhook import auth, granting, rules
 from webhook.models import BadRequest, error_body, parse_grant_request
-from webhook.registered_name import DnsError, DnsTimeout, NoRegisteredName, RegisteredNameChecker
+from webhook.page import views as page
+from webhook.page.session import PageSessions
+from webhook.registered_name import RegisteredNameChecker
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,12 @@ RETRY_AFTER = "5"
 
 SOURCE = "webhook"
 JSON = "application/json"
+# RFC 8259 §8.1: JSON between systems is UTF-8, so a charset parameter may only say so. Charset
+# names are case-insensitive (RFC 9110 §8.3.2; Java clients send "UTF-8"); "utf8" is not a
+# registered name, but clients send it and it cannot mean anything else.
+UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
+# At most this much of text that is not an address is copied into a log line (escaped).
+MAX_SHOWN_TEXT = 64
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -65,13 +75,47 @@ _HTTP_CODES = {
 
 
 class ApiError(Exception):
-    """An answer other than success: status, machine-readable code, and a human detail."""
+    """An answer other than success: status, machine-readable code, and a human detail.
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    Every 4xx ApiError is logged once, by the error middleware, at ``level`` (INFO; auth
+    failures and replays WARNING), so a helpdesk can answer "why could I not register?".
+    """
+
+    def __init__(self, status: int, code: str, detail: str, level: int = logging.INFO) -> None:
         super().__init__(f"{status} {code}: {detail}")
         self.status = status
         self.code = code
         self.detail = detail
+        self.level = level
+
+
+# Request keys under which the handlers leave who and what a refusal was about, for its log line.
+_USER = web.RequestKey("refusal_user", str)
+_ADDRESS = web.RequestKey("refusal_address", str)
+
+
+def _shown_address(text: str) -> str:
+    """An address for a log line: normalised when it is one, else its printable escape."""
+    address = rules.parse_address(text)
+    return str(address) if address is not None else ascii(text[:MAX_SHOWN_TEXT])
+
+
+def _log_refusal(request: web.Request, error: ApiError) -> None:
+    address = request.get(_ADDRESS) or (
+        _shown_address(request.match_info["ip"]) if "ip" in request.match_info else "-"
+    )
+    log.log(
+        error.level,
+        "webhook refused %s %s from %s: %d %s user=%s ip=%s (%s)",
+        request.method,
+        request.path,
+        request.remote,
+        error.status,
+        error.code,
+        request.get(_USER, "-"),
+        address,
+        error.detail,
+    )
 
 
 def error_response(
@@ -90,7 +134,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as error:
+        if error.status < 500:
+            _log_refusal(request, error)
         return error_response(error.status, error.code, error.detail)
+    except StoreError as error:
+        # Reachable, but it refused (out of memory, read-only): still nothing was granted.
+        log.warning("webhook %s %s: %s", request.method, request.path, error)
+        return error_response(503, "store_unavailable", "the grant store (Redis) answered an error")
     except StoreUnavailable as error:
         log.warning("webhook %s %s: Redis unavailable (%s)", request.method, request.path, error)
         return error_response(503, "store_unavailable", "the grant store (Redis) is unavailable")
@@ -201,69 +251,33 @@ class Webhook:
     async def create(self, request: web.Request) -> web.Response:
         """``POST /v1/whitelist``: apply the campus rules, then grant or refresh."""
         body = await self._authenticate(request)
-        if request.content_type != JSON or request.charset not in (None, "utf-8"):
-            # RFC 8259 §8.1: JSON between systems is UTF-8; any other charset is a portal bug.
-            raise ApiError(415, "unsupported_media_type", f"Content-Type must be {JSON}")
+        charset = request.charset
+        if request.content_type != JSON or (
+            charset is not None and charset.lower() not in UTF8_CHARSETS
+        ):
+            raise ApiError(415, "unsupported_media_type", f"Content-Type must be {JSON} (UTF-8)")
         try:
             wanted = parse_grant_request(body)
         except BadRequest as error:
             raise ApiError(400, "bad_request", error.detail) from None
+        request[_USER] = wanted.user
+        request[_ADDRESS] = _shown_address(wanted.ip)
         try:
-            rules.check_eligible(wanted.role, wanted.status, self.settings.eligible)
-        except rules.NotEligible as error:
-            log.info(
-                "webhook refused user=%s role=%s status=%s: not eligible",
-                wanted.user,
-                wanted.role,
-                wanted.status,
-            )
-            self._count_grant("refused")
-            raise ApiError(403, "not_eligible", str(error)) from None
-        try:
-            ip = self._valid_ip(wanted.ip)
-        except ApiError:
-            self._count_grant("refused")
-            raise
-        try:
-            name = await self.resolver.check(ip)
-        except NoRegisteredName as error:
-            log.info("webhook refused ip=%s user=%s: %s", ip, wanted.user, error)
-            self._count_grant("refused")
-            raise ApiError(422, "no_registered_name", str(error)) from None
-        except DnsTimeout as error:
-            log.warning("webhook ip=%s user=%s: DNS timeout (%s)", ip, wanted.user, error)
-            raise ApiError(504, "dns_timeout", str(error)) from None
-        except DnsError as error:
-            log.warning("webhook ip=%s user=%s: DNS failure (%s)", ip, wanted.user, error)
-            raise ApiError(502, "dns_error", str(error)) from None
-        try:
-            grant, created = await self.grants.grant(
-                ip,
+            grant, created = await granting.grant_by_rules(
+                self.settings,
+                self.resolver,
+                self.grants,
+                ip=wanted.ip,
                 user=wanted.user,
                 role=wanted.role,
                 status=wanted.status,
                 source=SOURCE,
-                max_per_user=self.settings.max_grants_per_user,
+                log=log,
             )
-        except TooManyGrants as error:
-            log.info("webhook refused ip=%s user=%s: holds %d grants", ip, wanted.user, error.held)
-            self._count_grant("refused")
-            raise ApiError(
-                429,
-                "too_many_grants",
-                f"{wanted.user} already holds {error.held} live grants"
-                f" (at most {self.settings.max_grants_per_user})",
-            ) from None
-        log.info(
-            "webhook %s ip=%s user=%s role=%s status=%s name=%s expires=%s",
-            "grant" if created else "refresh",
-            grant.ip,
-            grant.user,
-            grant.role,
-            grant.status,
-            name or "-",
-            grant.expires_at.isoformat(timespec="seconds"),
-        )
+        except granting.Refused as refused:
+            if refused.code in granting.RULE_REFUSALS:
+                self._count_grant("refused")
+            raise ApiError(granting.STATUS[refused.code], refused.code, refused.detail) from None
         self._count_grant("created" if created else "refreshed")
         return web.json_response(grant.as_json(), status=201 if created else 200)
 
@@ -300,7 +314,7 @@ class Webhook:
         for name in (auth.TIMESTAMP_HEADER, auth.NONCE_HEADER, auth.SIGNATURE_HEADER):
             found = headers.getall(name, [])
             if len(found) > 1:
-                raise self._unauthorized(request, f"{name} given more than once")
+                raise _unauthorized(f"{name} given more than once")
             values[name] = found[0] if found else None
         try:
             signed = auth.verify(
@@ -314,38 +328,16 @@ class Webhook:
                 now=self.clock(),
             )
         except auth.AuthError as error:
-            raise self._unauthorized(request, error.detail) from None
+            raise _unauthorized(error.detail) from None
         # Only now, with a valid signature, may the request write to Redis.
         if not await self.nonces.claim(signed.nonce, auth.NONCE_TTL):
-            log.warning(
-                "webhook %s %s from %s: nonce replayed",
-                request.method,
-                request.path,
-                request.remote,
-            )
             raise ApiError(
-                409, "replayed", f"this X-Nonce was used within the last {auth.NONCE_TTL} s"
+                409,
+                "replayed",
+                f"this X-Nonce was used within the last {auth.NONCE_TTL} s",
+                logging.WARNING,
             )
         return body
-
-    @staticmethod
-    def _unauthorized(request: web.Request, detail: str) -> ApiError:
-        log.warning(
-            "webhook %s %s from %s: unauthorized (%s)",
-            request.method,
-            request.path,
-            request.remote,
-            detail,
-        )
-        return ApiError(401, "unauthorized", detail)
-
-    def _valid_ip(self, text: str) -> IPAddress:
-        try:
-            return rules.check_ip(text, self.settings.allowed_networks)
-        except rules.InvalidIp as error:
-            raise ApiError(422, "invalid_ip", str(error)) from None
-        except rules.IpNotAllowed as error:
-            raise ApiError(422, "ip_not_allowed", str(error)) from None
 
     @staticmethod
     def _path_ip(request: web.Request) -> IPAddress:
@@ -356,6 +348,10 @@ class Webhook:
         if ip is None:
             raise ApiError(422, "invalid_ip", "not an IPv4 or IPv6 address")
         return ip
+
+
+def _unauthorized(detail: str) -> ApiError:
+    return ApiError(401, "unauthorized", detail, logging.WARNING)
 
 
 def _log_removal(grant: Grant) -> None:
@@ -412,6 +408,9 @@ def build_app(
     app.router.add_get("/v1/whitelist", hooks.list, allow_head=False)
     app.router.add_get("/v1/whitelist/{ip}", hooks.show, allow_head=False)
     app.router.add_delete("/v1/whitelist/{ip}", hooks.remove)
+    if settings.handoff_secret is not None:  # INTERFACE.md: the page is off without it
+        sessions = PageSessions(store, max_age=settings.session_max_age)
+        page.install(app, settings, sessions, grants, resolver, clock=clock, metrics=metrics)
     return app
 
 
