@@ -13,8 +13,7 @@ import json
 from ratelimit.audit import AUDIT_MAX_ENTRIES, AuditTrail
 from ratelimit.settings import Settings
 from ratelimit.store import Store
-from tests.helpers import RedisServer
-from tests.policy_helpers import clean_env, run_cli
+from tests.support import RedisServer, clean_env, run_cli
 
 RARE = 3
 

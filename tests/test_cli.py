@@ -17,12 +17,13 @@ import pytest
 from ratelimit.addresses import parse_ip
 from ratelimit.grants import Grants
 from ratelimit.store import Store
-from tests.helpers import RedisServer, free_port
-from tests.policy_helpers import (
+from tests.support import (
     SMTP_WHITELIST,
     PolicyClient,
     PolicydProcess,
+    RedisServer,
     clean_env,
+    free_port,
     make_settings,
     policy_server,
 )

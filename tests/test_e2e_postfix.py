@@ -39,14 +39,13 @@ from typing import Any
 import pytest
 
 from ratelimit.settings import DEFAULT_LIMIT_REPLY
-from tests.conftest import require_tool
-from tests.helpers import RedisServer, free_port, port_open, wait_for
 from tests.postfix_instance import (
     SNIPPET,
     NamespaceHosts,
     PostfixInstance,
     RecordingPolicyServer,
 )
+from tests.support import RedisServer, free_port, port_open, require_tool, wait_for
 
 pytestmark = pytest.mark.e2e
 

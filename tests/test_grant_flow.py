@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import (
-    Daemon,
-    PolicyClient,
+from tests.support import (
+    BlockingPolicyClient,
     RedisServer,
+    Service,
     free_port,
     policy_request,
     port_open,
@@ -41,15 +41,15 @@ OTHER = "198.18.0.11"
 
 @dataclass
 class Served:
-    daemon: Daemon
+    daemon: Service
     policy_port: int
     webhook_port: int
 
     def reply_for(self, ip: str) -> str:
         return LIMIT_REPLY.format(ip=ip, limit="2 messages", window="1h")
 
-    def policy(self) -> PolicyClient:
-        return PolicyClient("127.0.0.1", self.policy_port)
+    def policy(self) -> BlockingPolicyClient:
+        return BlockingPolicyClient("127.0.0.1", self.policy_port)
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """A signed webhook request, as the portal makes it; (status, parsed JSON or None)."""
@@ -102,7 +102,7 @@ class Served:
 @pytest.fixture
 def served(redis_server: RedisServer, tmp_path: Path) -> Iterator[Served]:
     policy_port, webhook_port = free_port(), free_port()
-    daemon = Daemon(
+    daemon = Service(
         "serve",
         {
             "REDIS_URL": redis_server.url,
@@ -118,7 +118,7 @@ def served(redis_server: RedisServer, tmp_path: Path) -> Iterator[Served]:
         },
         tmp_path / "serve",
     )
-    daemon.start(wait_port=("127.0.0.1", policy_port))
+    daemon.start()
     try:
         wait_for(lambda: port_open("127.0.0.1", webhook_port), what="the webhook")
         yield Served(daemon, policy_port, webhook_port)

@@ -23,9 +23,16 @@ from ratelimit.metrics import DECISION_BUCKETS, Metrics, PolicyMetrics
 from ratelimit.nonces import NonceLedger
 from ratelimit.settings import ListenAddress, Settings, SettingsError, load_settings
 from ratelimit.store import Store
-from tests.conftest import require_tool
-from tests.helpers import Daemon, PolicyClient, RedisServer, free_port, policy_request, wait_for
 from tests.prometheus_instance import Prometheus
+from tests.support import (
+    BlockingPolicyClient,
+    RedisServer,
+    Service,
+    free_port,
+    policy_request,
+    require_tool,
+    wait_for,
+)
 from tests.test_security import _post as signed_post
 from webhook import auth
 from webhook.app import build_app
@@ -111,7 +118,7 @@ def test_prometheus_reads_back_the_decisions_made(
     metrics_port, policy_port, webhook_port = free_port(), free_port(), free_port()
     prometheus = Prometheus(prometheus_binary, tmp_path / "prometheus", metrics_port)
     prometheus.directory.mkdir()
-    serve = Daemon(
+    serve = Service(
         "serve",
         {
             "REDIS_URL": redis_server.url,
@@ -125,15 +132,15 @@ def test_prometheus_reads_back_the_decisions_made(
         },
         tmp_path / "serve",
     )
-    serve.start(wait_port=("127.0.0.1", metrics_port))
+    serve.start()
     prometheus.start()
-    clients: list[PolicyClient] = []
+    clients: list[BlockingPolicyClient] = []
     try:
         # Counters must start from a scraped zero, or increase() in the alert rules sees no rise.
         assert prometheus.wait_value('up{job="smtp-whitelist"}', 1.0) == 1.0, prometheus.log()
 
         made: Counter[tuple[str, str]] = Counter()
-        clients = [PolicyClient("127.0.0.1", policy_port) for _ in range(2)]
+        clients = [BlockingPolicyClient("127.0.0.1", policy_port) for _ in range(2)]
         for n in range(7):
             for i, ip in enumerate(("192.0.2.31", "192.0.2.32")):
                 action = clients[i].ask(policy_request(ip, "DATA", 2))
@@ -205,7 +212,7 @@ def test_each_server_serves_every_family(
     command: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    daemon = Daemon(
+    daemon = Service(
         command,
         {
             "REDIS_URL": redis_server.url,
@@ -216,7 +223,7 @@ def test_each_server_serves_every_family(
         },
         tmp_path,
     )
-    daemon.start(wait_port=("127.0.0.1", port))
+    daemon.start()
     try:
         status, body = _get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
@@ -233,12 +240,12 @@ def test_each_server_serves_every_family(
 
 def test_no_metrics_listener_by_default(redis_server: RedisServer, tmp_path: Path) -> None:
     policy_port = free_port()
-    daemon = Daemon(
+    daemon = Service(
         "policyd",
         {"REDIS_URL": redis_server.url, "POLICY_LISTEN": f"127.0.0.1:{policy_port}"},
         tmp_path,
     )
-    daemon.start(wait_port=("127.0.0.1", policy_port))
+    daemon.start()
     try:
         assert "metrics listening" not in daemon.log()
     finally:

@@ -22,9 +22,7 @@ import pytest
 from ratelimit.addresses import parse_ip
 from ratelimit.audit import AuditTrail
 from ratelimit.metrics import Metrics
-from tests.conftest import require_tool
 from tests.dns_server import Dnsmasq, Zone, running_dnsmasq, silent_dns_server
-from tests.helpers import RedisServer
 from tests.page_helpers import (
     HANDOFF_SECRET,
     Answer,
@@ -35,6 +33,7 @@ from tests.page_helpers import (
     running_page,
     session_id,
 )
+from tests.support import RedisServer, require_tool
 from webhook.page.handoff import sign
 from webhook.page.session import MAX_WRONG_CODES
 from webhook.registered_name import RegisteredNameChecker

@@ -24,12 +24,13 @@ from policyd.protocol import MAX_ATTRIBUTES, MAX_LINE_BYTES, encode_request
 from ratelimit.addresses import parse_ip
 from ratelimit.grants import Grants
 from ratelimit.settings import ListenAddress
-from tests.helpers import POSTFIX_37_REQUEST, RedisServer
-from tests.policy_helpers import (
+from tests.support import (
     LOOPBACK_V4,
     LOOPBACK_V6,
+    POSTFIX_37_REQUEST,
     PolicyClient,
     PolicydProcess,
+    RedisServer,
     RunningServer,
     ask_once,
     elapsed,

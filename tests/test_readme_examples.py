@@ -22,9 +22,7 @@ from ratelimit.settings import (
     SettingsError,
     load_settings,
 )
-from tests.conftest import require_tool
-from tests.helpers import RedisServer
-from tests.policy_helpers import SMTP_WHITELIST, PolicydProcess, clean_env
+from tests.support import SMTP_WHITELIST, PolicydProcess, RedisServer, clean_env, require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")

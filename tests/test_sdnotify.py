@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from policyd import sdnotify
-from tests.helpers import RedisServer, free_port
+from tests.support import RedisServer, free_port
 
 
 @pytest.fixture

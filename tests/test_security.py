@@ -16,8 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
-from tests.helpers import Daemon, PolicyClient, RedisServer, free_port, policy_request
+from tests.support import (
+    BlockingPolicyClient,
+    RedisServer,
+    Service,
+    free_port,
+    policy_request,
+    require_tool,
+)
 from webhook.auth import sign
 
 SECRET = "s3cret-" + secrets.token_hex(24)
@@ -72,12 +78,12 @@ def test_secrets_stay_out_of_logs_and_check(guarded_redis: RedisServer, tmp_path
         "LOG_LEVEL": "DEBUG",
         "MESSAGE_LIMITS": "1/1h",
     }
-    daemon = Daemon("serve", settings, tmp_path).start(wait_port=("127.0.0.1", webhook_port))
+    daemon = Service("serve", settings, tmp_path).start()
     try:
         grant = {"ip": "198.18.0.10", "user": "alice", "role": "staff", "status": "normal"}
         assert _post(webhook_port, "/v1/whitelist", grant, SECRET)[0] == 201
         assert _post(webhook_port, "/v1/whitelist", grant, "wrong-" + SECRET)[0] == 401
-        client = PolicyClient("127.0.0.1", policy_port)
+        client = BlockingPolicyClient("127.0.0.1", policy_port)
         try:
             for _ in range(3):
                 client.ask(policy_request("198.18.0.11"))
@@ -124,7 +130,7 @@ def test_hostile_client_addresses_never_reach_a_key_unnormalised(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    daemon = Daemon(
+    daemon = Service(
         "policyd",
         {
             "REDIS_URL": redis_server.url,
@@ -133,8 +139,8 @@ def test_hostile_client_addresses_never_reach_a_key_unnormalised(
             "LIMIT_REPLY": "450 4.7.1 {ip} over {limit}/{window}",
         },
         tmp_path,
-    ).start(wait_port=("127.0.0.1", port))
-    client = PolicyClient("127.0.0.1", port)
+    ).start()
+    client = BlockingPolicyClient("127.0.0.1", port)
     try:
         for address in HOSTILE_ADDRESSES:
             request = policy_request("x").replace(

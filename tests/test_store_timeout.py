@@ -13,7 +13,7 @@ import pytest
 
 from ratelimit.settings import Settings
 from ratelimit.store import Store, StoreUnavailable
-from tests.helpers import RedisServer
+from tests.support import RedisServer
 
 # Far more round trips than fit in the timeout below on any machine.
 ROUND_TRIPS = 20_000

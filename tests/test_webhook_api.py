@@ -27,9 +27,8 @@ from ratelimit.grants import Grants
 from ratelimit.nonces import NonceLedger
 from ratelimit.settings import ListenAddress, Settings
 from ratelimit.store import Store
-from tests.conftest import require_tool
 from tests.dns_server import Dnsmasq, Zone, running_dnsmasq, silent_dns_server
-from tests.helpers import RedisServer, free_port
+from tests.support import RedisServer, free_port, require_tool
 from webhook import auth
 from webhook.app import MAX_BODY, build_app
 from webhook.registered_name import RegisteredNameChecker

@@ -27,8 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import require_tool
-from tests.helpers import Daemon, webhook_process
+from tests.support import Service, require_tool, webhook_process
 from webhook import auth
 from webhook.app import MAX_BODY
 
@@ -76,7 +75,7 @@ class Answer:
 class Live:
     host: str
     port: int
-    daemon: Daemon
+    daemon: Service
 
     def send(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None

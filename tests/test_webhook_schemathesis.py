@@ -46,8 +46,7 @@ from ratelimit.grants import Grants
 from ratelimit.nonces import NonceLedger
 from ratelimit.settings import Settings
 from ratelimit.store import Store
-from tests.conftest import require_tool
-from tests.helpers import webhook_process
+from tests.support import require_tool, webhook_process
 from webhook import auth
 from webhook.app import build_app
 from webhook.registered_name import RegisteredNameChecker

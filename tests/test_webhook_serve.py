@@ -20,7 +20,7 @@ from ratelimit.nonces import NonceLedger
 from ratelimit.settings import ListenAddress, Settings
 from ratelimit.store import Store
 from tests.dns_server import silent_dns_server
-from tests.helpers import RedisServer, free_port, port_open
+from tests.support import RedisServer, free_port, port_open
 from webhook import auth
 from webhook.app import build_app
 from webhook.registered_name import RegisteredNameChecker

@@ -1,0 +1,84 @@
+"""The one signed-request helper (webhook.auth's signer, as the portal signs) and the one
+in-process webhook wiring, both used by every webhook test."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from aiohttp import web
+
+from ratelimit.grants import Grants
+from ratelimit.nonces import NonceLedger
+from ratelimit.settings import Settings
+from ratelimit.store import Store
+from webhook import auth
+from webhook.app import build_app
+from webhook.registered_name import RegisteredNameChecker
+
+
+def signature_headers(
+    secret: str,
+    method: str,
+    path: str,
+    body: bytes,
+    *,
+    timestamp: str | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """X-Timestamp, X-Nonce and X-Signature for one request (now and a fresh nonce unless
+    given): signed over the method, the raw path and the raw body."""
+    timestamp = timestamp or str(int(time.time()))
+    nonce = nonce or secrets.token_urlsafe(24)
+    return {
+        auth.TIMESTAMP_HEADER: timestamp,
+        auth.NONCE_HEADER: nonce,
+        auth.SIGNATURE_HEADER: auth.sign(secret, timestamp, nonce, method, path, body),
+    }
+
+
+def signed_request(
+    port: int, method: str, path: str, body: Any, secret: str
+) -> tuple[int, Any]:
+    """A signed webhook request to loopback ``port``, as the portal makes it, from a
+    synchronous test: (status, the parsed JSON answer or None when it has no body)."""
+    raw = b"" if body is None else json.dumps(body).encode()
+    headers = signature_headers(secret, method, path, raw)
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=raw if body is not None else None,
+        method=method,
+        headers=headers,
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+            data = response.read()
+            return int(response.status), (json.loads(data) if data else None)
+    except urllib.error.HTTPError as error:
+        data = error.read()
+        return error.code, (json.loads(data) if data else None)
+
+
+def webhook_app(
+    settings: Settings,
+    store: Store,
+    resolver: RegisteredNameChecker | None = None,
+    *,
+    grants: Grants | None = None,
+    **options: Any,
+) -> web.Application:
+    """The webhook application wired as the service wires it (``options``: build_app's)."""
+    return build_app(
+        settings,
+        grants or Grants(store, settings),
+        NonceLedger(store),
+        store,
+        resolver or RegisteredNameChecker.from_settings(settings),
+        **options,
+    )
