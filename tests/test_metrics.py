@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import secrets
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -18,9 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ratelimit.grants import Grants
 from ratelimit.metrics import DECISION_BUCKETS, Metrics, PolicyMetrics
-from ratelimit.nonces import NonceLedger
 from ratelimit.settings import ListenAddress, Settings, SettingsError, load_settings
 from ratelimit.store import Store
 from tests.prometheus_instance import Prometheus
@@ -31,12 +27,11 @@ from tests.support import (
     free_port,
     policy_request,
     require_tool,
+    signature_headers,
+    signed_request,
     wait_for,
+    webhook_app,
 )
-from tests.test_security import _post as signed_post
-from webhook import auth
-from webhook.app import build_app
-from webhook.registered_name import RegisteredNameChecker
 from webhook.serve import start_webhook
 
 SECRET = "metrics-test-secret-" + "m" * 32
@@ -108,7 +103,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 def _signed_grant(port: int, ip: str) -> int:
     body = {"ip": ip, "user": "alice", "role": "staff", "status": "normal"}
-    return signed_post(port, "/v1/whitelist", body, SECRET)[0]
+    return signed_request(port, "POST", "/v1/whitelist", body, SECRET)[0]
 
 
 def test_prometheus_reads_back_the_decisions_made(
@@ -261,24 +256,14 @@ async def test_webhook_counts_grants_by_outcome_and_requests_by_route(
     )
     store = Store.from_settings(settings)
     metrics = Metrics()
-    app = build_app(
-        settings,
-        Grants(store, settings),
-        NonceLedger(store),
-        store,
-        RegisteredNameChecker.from_settings(settings),
-        metrics=metrics,
-    )
+    app = webhook_app(settings, store, metrics=metrics)
     port = free_port()
     runner = await start_webhook(app, [ListenAddress("127.0.0.1", port, None)])
 
     async def call(session: aiohttp.ClientSession, method: str, path: str, body: bytes) -> int:
-        timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(24)
         headers = {
             "Content-Type": "application/json",
-            auth.TIMESTAMP_HEADER: timestamp,
-            auth.NONCE_HEADER: nonce,
-            auth.SIGNATURE_HEADER: auth.sign(SECRET, timestamp, nonce, method, path, body),
+            **signature_headers(SECRET, method, path, body),
         }
         url = f"http://127.0.0.1:{port}{path}"
         async with session.request(method, url, data=body, headers=headers) as answer:

@@ -4,13 +4,9 @@ secrets never reach a log line or ``smtp-whitelist check``."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import secrets
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +19,8 @@ from tests.support import (
     free_port,
     policy_request,
     require_tool,
+    signed_request,
 )
-from webhook.auth import sign
 
 SECRET = "s3cret-" + secrets.token_hex(24)
 REDIS_PASSWORD = "pw-" + secrets.token_hex(12)
@@ -46,27 +42,6 @@ def _url(redis: RedisServer) -> str:
     return f"redis://:{REDIS_PASSWORD}@{redis.host}:{redis.port}/0"
 
 
-def _post(port: int, path: str, body: dict[str, str], secret: str) -> tuple[int, dict[str, str]]:
-    raw = json.dumps(body).encode()
-    timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(18)
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=raw,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "X-Timestamp": timestamp,
-            "X-Nonce": nonce,
-            "X-Signature": sign(secret, timestamp, nonce, "POST", path, raw),
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_secrets_stay_out_of_logs_and_check(guarded_redis: RedisServer, tmp_path: Path) -> None:
     policy_port, webhook_port = free_port(), free_port()
     settings = {
@@ -81,8 +56,11 @@ def test_secrets_stay_out_of_logs_and_check(guarded_redis: RedisServer, tmp_path
     daemon = Service("serve", settings, tmp_path).start()
     try:
         grant = {"ip": "198.18.0.10", "user": "alice", "role": "staff", "status": "normal"}
-        assert _post(webhook_port, "/v1/whitelist", grant, SECRET)[0] == 201
-        assert _post(webhook_port, "/v1/whitelist", grant, "wrong-" + SECRET)[0] == 401
+        assert signed_request(webhook_port, "POST", "/v1/whitelist", grant, SECRET)[0] == 201
+        assert (
+            signed_request(webhook_port, "POST", "/v1/whitelist", grant, "wrong-" + SECRET)[0]
+            == 401
+        )
         client = BlockingPolicyClient("127.0.0.1", policy_port)
         try:
             for _ in range(3):
@@ -96,7 +74,7 @@ def test_secrets_stay_out_of_logs_and_check(guarded_redis: RedisServer, tmp_path
     assert SECRET not in log
     assert REDIS_PASSWORD not in log
 
-    env = {**daemon.env, "SMTP_WHITELIST_REDIS_URL": _url(guarded_redis)}
+    env = {**daemon.environment(), "SMTP_WHITELIST_REDIS_URL": _url(guarded_redis)}
     env["SMTP_WHITELIST_WEBHOOK_SECRET"] = SECRET
     out = subprocess.run(
         [sys.executable, "-m", "policyd", "check"],

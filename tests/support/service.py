@@ -29,8 +29,10 @@ STOP_TIMEOUT = 15.0
 class Service:
     """``smtp-whitelist COMMAND`` in a subprocess: settings by environment, log to a file.
 
-    ``settings`` are names without the ``SMTP_WHITELIST_`` prefix, in any case. ``env_file``
-    is passed as ``--env-file`` (an empty one keeps a machine's /etc file out of the test).
+    ``settings`` are names without the ``SMTP_WHITELIST_`` prefix, in any case; a test may
+    change :attr:`settings` (what the next start or :meth:`cli` uses) and add other variables
+    to :attr:`env`. ``env_file`` is passed as ``--env-file`` (an empty one keeps a machine's
+    /etc file out of the test).
     """
 
     def __init__(
@@ -46,7 +48,8 @@ class Service:
         directory.mkdir(parents=True, exist_ok=True)
         # Unique: several services may share one directory.
         self.log_path = directory / f"{command}-{secrets.token_hex(4)}.log"
-        self.env = clean_env(**settings)
+        self.settings = {name.upper(): value for name, value in settings.items()}
+        self.env = clean_env()
         self.options = [] if env_file is None else ["--env-file", str(env_file)]
         self.process: subprocess.Popen[bytes] | None = None
         self.notify: socket.socket | None = None
@@ -54,7 +57,7 @@ class Service:
 
     def start(self) -> Self:
         """Start, and return once the service said READY=1 (fails the test if it exits first)."""
-        env = dict(self.env)
+        env = self.environment()
         own_notify = "NOTIFY_SOCKET" not in env
         if own_notify:
             # Like systemd, keep the socket open for the service's whole life, so STOPPING=1
@@ -93,6 +96,10 @@ class Service:
             return
         raise AssertionError(f"no READY=1 within {READY_TIMEOUT} s; log:\n{self.log()}")
 
+    def environment(self) -> dict[str, str]:
+        """The process environment: :attr:`env` with :attr:`settings` as SMTP_WHITELIST_*."""
+        return self.env | {f"SMTP_WHITELIST_{k}": v for k, v in self.settings.items()}
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -100,7 +107,7 @@ class Service:
 
     def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run another ``smtp-whitelist`` command with the same settings."""
-        return run_cli(*self.options, *args, env=self.env, timeout=timeout)
+        return run_cli(*self.options, *args, env=self.environment(), timeout=timeout)
 
     def signal(self, signum: int) -> None:
         assert self.process is not None

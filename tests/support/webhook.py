@@ -41,9 +41,7 @@ def signature_headers(
     }
 
 
-def signed_request(
-    port: int, method: str, path: str, body: Any, secret: str
-) -> tuple[int, Any]:
+def signed_request(port: int, method: str, path: str, body: Any, secret: str) -> tuple[int, Any]:
     """A signed webhook request to loopback ``port``, as the portal makes it, from a
     synchronous test: (status, the parsed JSON answer or None when it has no body)."""
     raw = b"" if body is None else json.dumps(body).encode()
