@@ -21,10 +21,9 @@ from aiohttp import web
 
 from ratelimit.grants import Grants
 from ratelimit.metrics import Metrics
-from ratelimit.nonces import NonceLedger
 from ratelimit.settings import ListenAddress, Settings
 from ratelimit.store import Store
-from webhook.app import build_app
+from tests.support import webhook_app
 from webhook.page.handoff import handoff_url
 from webhook.page.views import COOKIE
 from webhook.registered_name import RegisteredNameChecker
@@ -122,15 +121,7 @@ async def running_page(
     store = Store.from_settings(settings)
     grants = Grants(store, settings)
     clock = Clock()
-    app = build_app(
-        settings,
-        grants,
-        NonceLedger(store),
-        store,
-        resolver or RegisteredNameChecker.from_settings(settings),
-        clock=clock,
-        metrics=metrics,
-    )
+    app = webhook_app(settings, store, resolver, grants=grants, clock=clock, metrics=metrics)
     runner = await start_webhook(app, [ListenAddress(host, 0, None)])
     try:
         bound_host, port = bound_ports(runner)[0]

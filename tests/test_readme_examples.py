@@ -22,7 +22,13 @@ from ratelimit.settings import (
     SettingsError,
     load_settings,
 )
-from tests.support import SMTP_WHITELIST, PolicydProcess, RedisServer, clean_env, require_tool
+from tests.support import (
+    PolicydProcess,
+    RedisServer,
+    clean_env,
+    require_tool,
+    run_cli,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -59,10 +65,7 @@ def test_checking_that_it_works_runs_as_printed(tmp_path: Path, redis_server: Re
     try:
         for command, expected in session:
             argv = shlex.split(command)
-            ran = subprocess.run(
-                [SMTP_WHITELIST, "--env-file", str(empty), *argv[1:]],
-                env=env, capture_output=True, text=True, timeout=30, check=False,
-            )  # fmt: skip
+            ran = run_cli("--env-file", str(empty), *argv[1:], env=env)
             assert ran.returncode == 0, ran.stderr
             assert [ln.rstrip() for ln in ran.stdout.rstrip("\n").splitlines()] == expected, command
     finally:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from tests.support import (
     free_port,
     policy_request,
     require_tool,
+    run_cli,
     signed_request,
 )
 
@@ -76,14 +75,7 @@ def test_secrets_stay_out_of_logs_and_check(guarded_redis: RedisServer, tmp_path
 
     env = {**daemon.environment(), "SMTP_WHITELIST_REDIS_URL": _url(guarded_redis)}
     env["SMTP_WHITELIST_WEBHOOK_SECRET"] = SECRET
-    out = subprocess.run(
-        [sys.executable, "-m", "policyd", "check"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    out = run_cli("check", env=env)
     assert out.returncode == 0, out.stderr
     assert "SMTP_WHITELIST_WEBHOOK_SECRET=********" in out.stdout
     assert SECRET not in out.stdout + out.stderr
