@@ -73,7 +73,11 @@ def _entry(entry_id: bytes | str, fields: dict[Any, Any]) -> AuditEntry:
 
 
 class AuditTrail:
-    """Reads the audit stream, newest first, with the CLI's filters."""
+    """Reads the audit streams, newest first, with the CLI's filters.
+
+    There is one stream per client network (a grant and its record share a slot on a Redis
+    Cluster), so a read finds them all by SCAN, on every master, and merges them by time.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -82,10 +86,10 @@ class AuditTrail:
         self, *, ip: str | None = None, user: str | None = None, last: int = 20
     ) -> list[AuditEntry]:
         """The ``last`` newest entries that match, returned oldest first (as a log reads)."""
-        client, key = self.store.client, self.store.keys.audit
+        client = self.store.client
 
-        async def scan() -> list[AuditEntry]:
-            found: list[AuditEntry] = []
+        async def newest(key: bytes) -> list[tuple[tuple[int, int], AuditEntry]]:
+            found: list[tuple[tuple[int, int], AuditEntry]] = []
             upper = "+"
             while len(found) < last:
                 chunk = cast(
@@ -97,11 +101,19 @@ class AuditTrail:
                 for entry_id, fields in chunk:
                     entry = _entry(entry_id, fields)
                     if (ip is None or entry.ip == ip) and (user is None or entry.user == user):
-                        found.append(entry)
+                        ms, _, seq = _text(entry_id).partition("-")
+                        found.append(((int(ms), int(seq or 0)), entry))
                         if len(found) == last:
                             break
                 upper = "(" + _text(chunk[-1][0])
             return found
+
+        async def scan() -> list[AuditEntry]:
+            found: list[tuple[tuple[int, int], AuditEntry]] = []
+            for key in await self.store.scan_keys(self.store.keys.audit_pattern):
+                found += await newest(key)
+            found.sort(key=lambda pair: pair[0], reverse=True)
+            return [entry for _, entry in found[:last]]
 
         entries = await self.store.call(scan)
         return list(reversed(entries))

@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ratelimit.addresses import IPNetwork, parse_networks
+from ratelimit.connections import parse_redis_url
 from ratelimit.limits import Limit, parse_limits
 
 ENV_PREFIX = "SMTP_WHITELIST_"
@@ -151,12 +152,13 @@ class Settings(BaseSettings):
     max_grants_per_user: int = Field(3, ge=1, le=1000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # A replica count above a handful is no deployment's; WAIT for more would only time out.
+    grant_min_replicas: int = Field(0, ge=0, le=16)
 
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        parse_redis_url(value)  # raises ValueError naming what is wrong
         return value
 
     @field_validator("key_prefix")

@@ -17,8 +17,11 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from hiredis import pack_command
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
 
+from ratelimit.connections import build_client
+from ratelimit.node_calls import connection_for, execute_on_nodes, roundtrip
 from ratelimit.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,11 @@ BREAKER_PROBE_INTERVAL = 0.5
 
 class StoreUnavailable(Exception):
     """Redis failed, timed out, or is known to be down (circuit open)."""
+
+
+class NotReplicated(StoreUnavailable):
+    """The write was made on the master, but fewer replicas than required confirmed it in time:
+    a failover now could lose it, so it must not be reported as kept."""
 
 
 class CircuitBreaker:
@@ -126,6 +134,10 @@ class KeyLayout:
     """Every key name, in one place (the README documents the same layout).
 
     Only normalised values (``ipaddress`` output, validated user names) are ever put in a key.
+    The part in braces is the key's hash tag: on a Redis Cluster only it decides the slot, so
+    every key one script touches carries the same tag. A client's log, the grants of the
+    addresses in it and their audit records are tagged with the client's counted network; a
+    user's grant index with the user.
     """
 
     def __init__(self, prefix: str) -> None:
@@ -133,28 +145,34 @@ class KeyLayout:
 
     def client_log(self, network: str) -> str:
         """Sorted set: one member per accepted message of a client network, scored by time."""
-        return f"{self.prefix}c:{network}"
+        return f"{self.prefix}c:{{{network}}}"
 
-    def grant(self, ip: str) -> str:
-        """String (JSON) with a TTL: the client at this exact address is not limited."""
-        return f"{self.prefix}wl:{ip}"
+    def grant(self, ip: str, network: str) -> str:
+        """String (JSON) with a TTL: the client at this exact address (counted under
+        ``network``) is not limited."""
+        return f"{self.prefix}wl:{{{network}}}:{ip}"
 
     @property
     def grant_pattern(self) -> str:
         return f"{self.prefix}wl:*"
 
+    @staticmethod
+    def address_of_grant(key: str) -> str:
+        """The address a grant key is for."""
+        return key.rsplit("}:", 1)[-1]
+
     def user_grants(self, user: str) -> str:
         """Sorted set: the addresses one user has granted, scored by expiry (ms)."""
-        return f"{self.prefix}u:{user}"
+        return f"{self.prefix}u:{{{user}}}"
+
+    def audit(self, network: str) -> str:
+        """Stream: grants, refreshes and removals of the addresses counted under ``network``
+        (one stream per network, so a grant and its record are written in one slot)."""
+        return f"{self.prefix}audit:{{{network}}}"
 
     @property
-    def user_grants_prefix(self) -> str:
-        return f"{self.prefix}u:"
-
-    @property
-    def audit(self) -> str:
-        """Stream: grants, refreshes and removals."""
-        return f"{self.prefix}audit"
+    def audit_pattern(self) -> str:
+        return f"{self.prefix}audit:*"
 
     def nonce(self, nonce: str) -> str:
         """String with a TTL: a webhook nonce already used."""
@@ -173,29 +191,44 @@ class Script:
 class Store:
     """One Redis connection pool with bounded calls. Build it once; share it."""
 
-    def __init__(self, client: aioredis.Redis, keys: KeyLayout, timeout: float) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis | RedisCluster,
+        keys: KeyLayout,
+        timeout: float,
+        min_replicas: int = 0,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.timeout = timeout
+        self.min_replicas = min_replicas  # GRANT_MIN_REPLICAS: see run_script_confirmed
+        self.cluster = isinstance(client, RedisCluster)
         self._batch: list[_Pending] = []
         self._batch_since = 0.0  # loop time the oldest decision of the next batch arrived
         self._flusher: asyncio.Task[None] | None = None
         self._connection: Any = None  # the flusher's own connection, kept between batches
-        self.breaker = CircuitBreaker(self.client.ping, timeout)
+        self.breaker = CircuitBreaker(self._probe, timeout)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
         """A store for ``settings``; the pool connects lazily and reconnects by itself."""
-        client = aioredis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.store_timeout,
-            socket_connect_timeout=settings.store_timeout,
-            max_connections=MAX_POOL_CONNECTIONS,
-            health_check_interval=0,
-            retry_on_timeout=False,
-            decode_responses=False,
+        client = build_client(settings.redis_url, settings.store_timeout, MAX_POOL_CONNECTIONS)
+        return cls(
+            client,
+            KeyLayout(settings.key_prefix),
+            settings.store_timeout,
+            settings.grant_min_replicas,
         )
-        return cls(client, KeyLayout(settings.key_prefix), settings.store_timeout)
+
+    async def _probe(self) -> None:
+        """The breaker's probe: PING, on a cluster every master (after reloading the slot map,
+        so a promoted replica is found)."""
+        if isinstance(self.client, RedisCluster):
+            self.client._initialize = True
+            await self.client.initialize()
+            await self.client.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            await self.client.ping()
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis operation within the timeout; any failure is StoreUnavailable."""
@@ -220,6 +253,50 @@ class Store:
                 return await self.client.evalsha(script.sha, len(keys), *keys, *args)
 
         return await self.call(run)
+
+    async def run_script_confirmed(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Like :meth:`run_script`, then, with ``min_replicas`` set, ``WAIT`` for that many
+        replicas on the same connection (WAIT counts that connection's writes only).
+
+        Raises :class:`NotReplicated` when fewer confirm within STORE_TIMEOUT: the write is on
+        the master but a failover could still lose it. The whole exchange may take twice
+        STORE_TIMEOUT: the script's own time and WAIT's.
+        """
+        if not self.min_replicas:
+            return await self.run_script(script, keys, args)
+        wait = ("WAIT", self.min_replicas, max(1, round(self.timeout * 1000)))
+        evalsha = ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+        async def run() -> list[Any]:
+            async with connection_for(self.client, keys[0], self.timeout) as connection:
+                replies = await roundtrip(connection, [evalsha, wait])
+                if isinstance(replies[0], NoScriptError):
+                    load = ("SCRIPT", "LOAD", script.source)
+                    replies = (await roundtrip(connection, [load, evalsha, wait]))[1:]
+                return replies
+
+        self.breaker.check()
+        try:
+            async with asyncio.timeout(2 * self.timeout):
+                result, acked = await run()
+        except (RedisError, OSError, TimeoutError) as error:
+            self.breaker.failed(_describe(error))
+            raise StoreUnavailable(_describe(error)) from error
+        self.breaker.succeeded()
+        if isinstance(result, Exception):
+            raise StoreUnavailable(_describe(result))
+        if isinstance(acked, Exception) or int(acked) < self.min_replicas:
+            confirmed = 0 if isinstance(acked, Exception) else int(acked)
+            raise NotReplicated(
+                f"only {confirmed} of {self.min_replicas} replicas confirmed the write in"
+                f" {self.timeout:g}s: it may not have been kept"
+            )
+        return result
+
+    async def scan_keys(self, pattern: str, count: int = 1000) -> list[bytes]:
+        """Every key matching ``pattern``, by SCAN (never KEYS); on a cluster, on every master.
+        Call it inside :meth:`call`."""
+        return [key async for key in self.client.scan_iter(pattern, count=count)]
 
     async def run_script_batched(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """Like :meth:`run_script`, but calls made together share one round trip: those of one
@@ -297,6 +374,8 @@ class Store:
         of a decision (profiled, BENCHMARKS.md). An error reply (NOSCRIPT after a Redis restart)
         is a result, so the caller can retry just those.
         """
+        if isinstance(self.client, RedisCluster):
+            return await self._execute_on_cluster(batch)
         pool = self.client.connection_pool
         connection = self._connection
         if connection is None:
@@ -328,12 +407,31 @@ class Store:
             raise
         return results
 
+    async def _execute_on_cluster(self, batch: list[_Pending]) -> list[Any]:
+        """A batch on a cluster: each decision's keys share one slot (KeyLayout's hash tags);
+        the decisions for each node go in one write, all nodes at once."""
+        client = self.client
+        if not isinstance(client, RedisCluster):  # pragma: no cover - only called for a cluster
+            raise TypeError("not a cluster client")
+        replies = await execute_on_nodes(
+            client,
+            [
+                (keys[0], ("EVALSHA", script.sha, len(keys), *keys, *args))
+                for script, keys, args, _ in batch
+            ],
+            self.timeout,
+        )
+        failed = [r for r in replies if isinstance(r, ConnectionError | OSError | TimeoutError)]
+        if failed and len(failed) == len(replies):
+            raise failed[0]  # every node failed: one failure for the breaker
+        return replies
+
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
         await self.call(self.client.ping)
 
     async def aclose(self) -> None:
-        if self._connection is not None:
+        if self._connection is not None and not isinstance(self.client, RedisCluster):
             self._connection.socket_timeout = self.timeout
             await self.client.connection_pool.release(self._connection)
             self._connection = None

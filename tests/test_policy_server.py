@@ -24,6 +24,7 @@ from policyd.protocol import MAX_ATTRIBUTES, MAX_LINE_BYTES, encode_request
 from ratelimit.addresses import parse_ip
 from ratelimit.grants import Grants
 from ratelimit.settings import ListenAddress
+from ratelimit.store import KeyLayout
 from tests.helpers import POSTFIX_37_REQUEST, RedisServer
 from tests.policy_helpers import (
     LOOPBACK_V4,
@@ -360,7 +361,7 @@ async def test_two_daemon_processes_admit_exactly_n_together(
     finally:
         for daemon in daemons:
             daemon.stop()
-    assert redis_server.cli("ZCARD", f"twoproc:c:{IP}/32") == "10"
+    assert redis_server.cli("ZCARD", KeyLayout("twoproc:").client_log(f"{IP}/32")) == "10"
 
 
 async def test_many_requests_on_one_persistent_connection(redis_server: RedisServer) -> None:

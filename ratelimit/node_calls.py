@@ -1,0 +1,123 @@
+"""Commands written straight onto one node's connection: many in one write, replies in order.
+
+The store uses this for the two things redis-py's own calls do badly here: a batch of decisions
+on a Redis Cluster (grouped per node, each group one write; a cluster pipeline refuses EVALSHA),
+and a write followed by ``WAIT`` (which only counts the writes of its own connection, so both
+must go on the same one, whichever client kind it is).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from hiredis import pack_command
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ConnectionError,
+    ResponseError,
+    TryAgainError,
+)
+
+Command = tuple[Any, ...]
+
+# Replies that mean "not here (any more)": the slot moved or is migrating, or its node is being
+# replaced. The cluster client follows these itself and refreshes its slot map.
+REDIRECTS = (AskError, TryAgainError, ClusterDownError)
+
+
+async def roundtrip(connection: Any, commands: Sequence[Command]) -> list[Any]:
+    """Write ``commands`` in one packed write; their replies in order. An error reply (NOSCRIPT,
+    MOVED) is returned as its exception, so the caller can redo just that command; a broken
+    connection raises, and the caller must then drop the connection (replies may be in flight).
+    """
+    await connection.send_packed_command(
+        b"".join([pack_command(command) for command in commands]), check_health=False
+    )
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await connection.read_response(disable_decoding=True))
+        except ResponseError as error:
+            replies.append(error)
+    return replies
+
+
+@contextlib.asynccontextmanager
+async def connection_for(
+    client: aioredis.Redis | RedisCluster, key: str, socket_timeout: float
+) -> AsyncIterator[Any]:
+    """A connection to the node that holds ``key`` (the only node, unless a cluster), lent for
+    one exchange. The caller bounds the exchange by its own deadline, so the socket timeout is
+    lifted meanwhile (``WAIT`` may take longer than STORE_TIMEOUT); it is put back to
+    ``socket_timeout`` before the connection returns to its pool. On any failure the connection
+    is closed first.
+    """
+    node: ClusterNode | None = None
+    if isinstance(client, RedisCluster):
+        await client.initialize()  # a no-op unless the slot map needs (re)loading
+        node = client.get_node_from_key(key)
+        if node is None:  # pragma: no cover - get_node_from_key raises for an uncovered slot
+            raise ClusterDownError(f"no node holds {key!r}")
+        connection = node.acquire_connection()
+    else:
+        connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+    connection.socket_timeout = None
+    try:
+        yield connection
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        if isinstance(client, RedisCluster):
+            client._initialize = True  # reload the slot map before the next call
+        raise
+    finally:
+        connection.socket_timeout = socket_timeout
+        if node is not None:
+            node.release(connection)
+        else:
+            await client.connection_pool.release(connection)  # type: ignore[union-attr]
+
+
+async def execute_on_nodes(
+    client: RedisCluster, commands: Sequence[tuple[str, Command]], socket_timeout: float
+) -> list[Any]:
+    """Run ``(key, command)`` pairs on a cluster: one write per node that holds any of the keys,
+    all nodes at once. Replies come back in the commands' order.
+
+    A command whose node failed gets that node's error as its reply, so decisions on the other
+    nodes still stand. A redirected command (its slot moved since the slot map was read) is run
+    once more through the client, which follows the redirection and reloads its slot map.
+    """
+    await client.initialize()
+    groups: dict[str, list[int]] = {}
+    for index, (key, _) in enumerate(commands):
+        node = client.get_node_from_key(key)
+        if node is None:  # pragma: no cover - get_node_from_key raises for an uncovered slot
+            raise ClusterDownError(f"no node holds {key!r}")
+        groups.setdefault(node.name, []).append(index)
+    replies: list[Any] = [None] * len(commands)
+
+    async def on_node(indices: list[int]) -> None:
+        try:
+            async with connection_for(
+                client, commands[indices[0]][0], socket_timeout
+            ) as connection:
+                answers = await roundtrip(connection, [commands[i][1] for i in indices])
+        except (ConnectionError, OSError, TimeoutError) as error:
+            answers = [error] * len(indices)
+        for i, answer in zip(indices, answers, strict=True):
+            replies[i] = answer
+
+    await asyncio.gather(*(on_node(indices) for indices in groups.values()))
+    for i, reply in enumerate(replies):
+        if isinstance(reply, REDIRECTS):
+            try:
+                replies[i] = await client.execute_command(*commands[i][1])
+            except ResponseError as error:
+                replies[i] = error
+    return replies
