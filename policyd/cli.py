@@ -34,7 +34,7 @@ from ratelimit.settings import (
     load_settings,
     parse_listen,
 )
-from ratelimit.store import Store, StoreUnavailable
+from ratelimit.store import NotReplicated, Store, StoreUnavailable
 
 log = logging.getLogger("policyd")
 
@@ -345,15 +345,19 @@ async def _cmd_add(args: argparse.Namespace, settings: Settings, env: Path | Non
     address = _ip(args.ip)
     user = args.user or os.environ.get("SUDO_USER") or getpass.getuser()
     async with _store(settings) as store:
-        grant, created = await Grants(store, settings).grant(
-            address,
-            user=user,
-            role="operator",
-            status="override",
-            source="cli",
-            ttl=args.ttl,
-            max_per_user=None,
-        )
+        try:
+            grant, created = await Grants(store, settings).grant(
+                address,
+                user=user,
+                role="operator",
+                status="override",
+                source="cli",
+                ttl=args.ttl,
+                max_per_user=None,
+            )
+        except NotReplicated as error:
+            print(f"smtp-whitelist: the grant may not have been kept: {error}", file=sys.stderr)
+            return EXIT_FAILED
     verb = "granted" if created else "refreshed"
     print(f"{verb} {grant.ip} for {grant.user} until {_time(grant.expires_at)} ({grant.ttl} s)")
     return EXIT_OK

@@ -269,11 +269,14 @@ class Store:
 
         async def run() -> list[Any]:
             async with connection_for(self.client, keys[0], self.timeout) as connection:
-                replies = await roundtrip(connection, [evalsha, wait])
-                if isinstance(replies[0], NoScriptError):
+                # WAIT only once the script has run: after a NOSCRIPT it would wait in vain.
+                [result] = await roundtrip(connection, [evalsha])
+                if isinstance(result, NoScriptError):
                     load = ("SCRIPT", "LOAD", script.source)
-                    replies = (await roundtrip(connection, [load, evalsha, wait]))[1:]
-                return replies
+                    result = (await roundtrip(connection, [load, evalsha]))[1]
+                if isinstance(result, Exception):
+                    return [result, None]
+                return [result, *await roundtrip(connection, [wait])]
 
         self.breaker.check()
         try:

@@ -30,7 +30,7 @@ from ratelimit.settings import ListenAddress, Settings
 from ratelimit.store import KeyLayout, Store
 from tests.conftest import require_tool
 from tests.dns_server import Dnsmasq, Zone, running_dnsmasq, silent_dns_server
-from tests.helpers import RedisServer, free_port
+from tests.helpers import RedisServer, free_port, wait_for
 from webhook import auth
 from webhook.app import MAX_BODY, build_app
 from webhook.registered_name import RegisteredNameChecker
@@ -650,3 +650,47 @@ async def test_redis_down_is_503(webhook: Webhook) -> None:
         assert time.monotonic() < deadline, "/healthz did not recover after Redis came back"
         await asyncio.sleep(0.1)
     assert (await webhook.portal.call("POST", "/v1/whitelist", grant_body())).status == 201
+
+
+# -- GRANT_MIN_REPLICAS ------------------------------------------------------------------------
+
+
+async def test_grant_min_replicas_answers_503_until_a_replica_confirms(
+    redis_server: RedisServer, dnsmasq: Dnsmasq, tmp_path: Path
+) -> None:
+    checker = RegisteredNameChecker("campus.example", [dnsmasq.server], lifetime=2.0)
+    async with serving(redis_server, checker, grant_min_replicas=1) as hook:
+        # No replica at all: WAIT 1 reports 0 after STORE_TIMEOUT, so the grant is not confirmed.
+        answer = await hook.portal.call("POST", "/v1/whitelist", grant_body())
+        assert answer.status == 503
+        assert answer.body["error"] == "store_unavailable"
+        assert "may not have been kept" in answer.body["detail"]
+        assert "0 of 1 replicas" in answer.body["detail"]
+        assert "Retry-After" in answer.headers
+        # Without this the master holds a new replica's first sync back by 5 s.
+        redis_server.cli("CONFIG", "SET", "repl-diskless-sync-delay", "0")
+        replica = RedisServer(
+            require_tool("redis-server"),
+            tmp_path / "replica",
+            [
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--replicaof",
+                "127.0.0.1",
+                str(redis_server.port),
+            ],
+        )
+        replica.start()
+        try:
+            wait_for(
+                lambda: "master_link_status:up" in replica.cli("INFO", "replication"),
+                what="the replica's link to its master",
+            )
+            # The first attempt did reach the master, so this one refreshes it: 200, confirmed.
+            answer = await hook.portal.call("POST", "/v1/whitelist", grant_body())
+            assert answer.status == 200
+            assert replica.cli("EXISTS", _grant_key("192.0.2.10")) == "1"
+        finally:
+            replica.stop()

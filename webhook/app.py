@@ -25,7 +25,7 @@ from ratelimit.addresses import IPAddress
 from ratelimit.grants import Grant, Grants, TooManyGrants
 from ratelimit.nonces import NonceLedger
 from ratelimit.settings import Settings
-from ratelimit.store import Store, StoreUnavailable
+from ratelimit.store import NotReplicated, Store, StoreUnavailable
 from webhook import auth, rules
 from webhook.models import BadRequest, error_body, parse_grant_request
 from webhook.registered_name import DnsError, DnsTimeout, NoRegisteredName, RegisteredNameChecker
@@ -209,6 +209,12 @@ class Webhook:
                 source=SOURCE,
                 max_per_user=self.settings.max_grants_per_user,
             )
+        except NotReplicated as error:
+            # GRANT_MIN_REPLICAS: written on the master, but a failover now could lose it.
+            log.warning("webhook ip=%s user=%s: grant not confirmed (%s)", ip, wanted.user, error)
+            raise ApiError(
+                503, "store_unavailable", f"the grant may not have been kept: {error}"
+            ) from None
         except TooManyGrants as error:
             log.info("webhook refused ip=%s user=%s: holds %d grants", ip, wanted.user, error.held)
             raise ApiError(
