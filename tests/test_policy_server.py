@@ -38,6 +38,7 @@ from tests.policy_helpers import (
     make_settings,
     policy_server,
 )
+from tests.redis_ha import RedisEndpoint
 
 DUNNO = "DUNNO"
 IP = "198.51.100.23"
@@ -326,7 +327,7 @@ async def test_missing_or_garbage_client_address_is_dunno(
 
 
 async def test_50_concurrent_connections_on_one_ip_admit_exactly_n(
-    redis_server: RedisServer,
+    redis_server: RedisEndpoint,
 ) -> None:
     settings = make_settings(redis_server.url, message_limits="7/1m")
     async with policy_server(settings) as running:
@@ -341,7 +342,7 @@ async def test_50_concurrent_connections_on_one_ip_admit_exactly_n(
 
 
 async def test_two_daemon_processes_admit_exactly_n_together(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisEndpoint, tmp_path: Path
 ) -> None:
     env = {
         "redis_url": redis_server.url,

@@ -1,0 +1,131 @@
+"""A real Redis Cluster (3 masters, 3 replicas, ``redis-cli --cluster create``) on loopback.
+
+The core limit tests of test_policy_server run against it unchanged (the same functions, given
+the cluster instead of a single redis-server), then what only a cluster can break: decisions for
+clients on different nodes in one batch, grants found by the policy server in the client's slot,
+and the CLI's list and audit gathered from every master.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+from ratelimit.addresses import parse_ip
+from ratelimit.grants import Grants
+from ratelimit.store import KeyLayout
+from tests import test_policy_server as core
+from tests.conftest import require_tool
+from tests.policy_helpers import (
+    PolicyClient,
+    clean_env,
+    limit_reply,
+    make_settings,
+    policy_server,
+    run_cli,
+)
+from tests.redis_ha import Cluster
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    require_tool("redis-cli")
+    cluster = Cluster(require_tool("redis-server"), tmp_path_factory.mktemp("cluster"))
+    try:
+        yield cluster.start(masters=3, replicas=1)
+    finally:
+        cluster.stop()
+
+
+async def test_core_50_way_race_admits_exactly_n_on_a_cluster(redis_cluster: Cluster) -> None:
+    await core.test_50_concurrent_connections_on_one_ip_admit_exactly_n(redis_cluster)
+
+
+async def test_core_two_daemons_admit_exactly_n_together_on_a_cluster(
+    redis_cluster: Cluster, tmp_path: Path
+) -> None:
+    await core.test_two_daemon_processes_admit_exactly_n_together(redis_cluster, tmp_path)
+
+
+def _clients(count: int) -> list[str]:
+    return [f"198.51.{n // 200}.{n % 200 + 1}" for n in range(count)]
+
+
+async def test_one_batch_spans_every_master_and_each_client_stays_exact(
+    redis_cluster: Cluster,
+) -> None:
+    settings = make_settings(redis_cluster.url, message_limits="3/1m")
+    clients = _clients(60)
+    async with policy_server(settings) as running:
+        connections = await asyncio.gather(*(running.connect() for _ in clients))
+
+        async def five_messages(connection: PolicyClient, ip: str) -> list[str]:
+            return [
+                await connection.ask(protocol_state="DATA", client_address=ip) for _ in range(5)
+            ]
+
+        answers = await asyncio.gather(
+            *(five_messages(c, ip) for c, ip in zip(connections, clients, strict=True))
+        )
+        for ip, replies in zip(clients, answers, strict=True):
+            assert replies[:3] == ["DUNNO"] * 3, ip
+            assert replies[3:] == [limit_reply(ip, "3 messages", "1m")] * 2, ip
+        await asyncio.gather(*(c.aclose() for c in connections))
+        # The clients' logs are spread over the masters: every master held some decisions.
+        store = running.store
+        assert isinstance(store.client, RedisCluster)
+        holders = {
+            store.client.get_node_from_key(store.keys.client_log(f"{ip}/32")) for ip in clients
+        }
+        assert len(holders) == 3
+        for ip in clients:
+            assert await running.log_size(f"{ip}/32") == 3
+
+
+async def test_grants_work_and_the_cli_lists_and_audits_every_master(
+    redis_cluster: Cluster,
+) -> None:
+    prefix = "grantcl:"
+    settings = make_settings(redis_cluster.url, message_limits="1/1m", key_prefix=prefix)
+    granted = _clients(30)[::3]  # ten addresses, in slots on every master
+    async with policy_server(settings) as running:
+        client = await running.connect()
+        for ip in granted:
+            assert await client.ask(protocol_state="DATA", client_address=ip) == "DUNNO"
+            assert await client.ask(protocol_state="DATA", client_address=ip) != "DUNNO"
+        grants = Grants(running.store, settings)
+        for ip in granted:
+            address = parse_ip(ip)
+            assert address is not None
+            await grants.grant(
+                address,
+                user="carol",
+                role="staff",
+                status="normal",
+                source="test",
+                max_per_user=None,
+            )
+        # The policy server finds each grant in the slot of the client's own log.
+        for ip in granted:
+            assert await client.ask(protocol_state="DATA", client_address=ip) == "DUNNO"
+        await client.aclose()
+    layout = KeyLayout(prefix)
+    nodes = {
+        redis_cluster.cli("CLUSTER", "KEYSLOT", layout.grant(ip, f"{ip}/32")) for ip in granted
+    }
+    assert len(nodes) == len(granted)  # distinct slots, so the list below must gather them
+    env = clean_env(redis_url=redis_cluster.url, key_prefix=prefix)
+    listed = json.loads(run_cli("list", "--json", env=env).stdout)["items"]
+    assert sorted(item["ip"] for item in listed) == sorted(granted)
+    removed = run_cli("remove", granted[0], env=env)
+    assert removed.returncode == 0, removed.stderr
+    audit = json.loads(run_cli("audit", "--last", "100", "--json", env=env).stdout)["items"]
+    assert sorted((e["event"], e["ip"]) for e in audit) == sorted(
+        [("grant", ip) for ip in granted] + [("remove", granted[0])]
+    )
+    assert audit[-1]["event"] == "remove"  # merged by time across the streams
