@@ -82,6 +82,14 @@ def parse_redis_url(url: str) -> HaUrl | None:
     return HaUrl(kind, tuple(hosts), username, password, parts[0], db)
 
 
+async def close_client(client: aioredis.Redis | RedisCluster) -> None:
+    """Close the client and, for a Sentinel-managed one, its connections to the sentinels."""
+    await client.aclose()
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    if isinstance(manager, Sentinel):
+        await manager.aclose()
+
+
 def build_client(url: str, timeout: float, max_connections: int) -> aioredis.Redis | RedisCluster:
     """The client for ``url``; every connection is made lazily and bounded by ``timeout``.
 

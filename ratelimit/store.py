@@ -20,7 +20,7 @@ from hiredis import pack_command
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
 
-from ratelimit.connections import build_client
+from ratelimit.connections import build_client, close_client
 from ratelimit.node_calls import connection_for, execute_on_nodes, roundtrip
 from ratelimit.settings import Settings
 
@@ -439,7 +439,7 @@ class Store:
             await self.client.connection_pool.release(self._connection)
             self._connection = None
         await self.breaker.aclose()
-        await self.client.aclose()
+        await close_client(self.client)
 
 
 def _describe(error: BaseException) -> str:
