@@ -164,7 +164,10 @@ class Grants:
         key, _ = self._keys_of(ip)
 
         async def read() -> list[Any]:
-            pipe = self.store.client.pipeline(transaction=True)
+            # One round trip, not a transaction: a grant that ends between the two reads has a
+            # negative PTTL and counts as gone. (redis-py 8.1's cluster client breaks its
+            # connections after a transaction pipeline, so none is used.)
+            pipe = self.store.client.pipeline(transaction=False)
             pipe.get(key)
             pipe.pttl(key)
             return list(await pipe.execute())

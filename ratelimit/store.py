@@ -21,7 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
 
 from ratelimit.connections import build_client, close_client
-from ratelimit.node_calls import connection_for, execute_on_nodes, roundtrip
+from ratelimit.node_calls import Command, connection_for, execute_on_nodes, roundtrip
 from ratelimit.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,17 @@ class Store:
                 await self.client.script_load(script.source)
                 return await self.client.evalsha(script.sha, len(keys), *keys, *args)
 
-        return await self.call(run)
+        async def run_on_node() -> Any:
+            # redis-py 8.1's cluster client breaks its connections on the SCRIPT LOAD that
+            # follows a NOSCRIPT ("attached to a different loop"), so on a cluster the script
+            # runs on a connection lent by the key's node, loaded there when missing.
+            async with connection_for(self.client, keys[0], self.timeout) as connection:
+                result, _ = await script_then(connection, script, keys, args, None)
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        return await self.call(run_on_node if self.cluster else run)
 
     async def run_script_confirmed(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """Like :meth:`run_script`, then, with ``min_replicas`` set, ``WAIT`` for that many
@@ -265,18 +275,10 @@ class Store:
         if not self.min_replicas:
             return await self.run_script(script, keys, args)
         wait = ("WAIT", self.min_replicas, max(1, round(self.timeout * 1000)))
-        evalsha = ("EVALSHA", script.sha, len(keys), *keys, *args)
 
-        async def run() -> list[Any]:
+        async def run() -> tuple[Any, Any]:
             async with connection_for(self.client, keys[0], self.timeout) as connection:
-                # WAIT only once the script has run: after a NOSCRIPT it would wait in vain.
-                [result] = await roundtrip(connection, [evalsha])
-                if isinstance(result, NoScriptError):
-                    load = ("SCRIPT", "LOAD", script.source)
-                    result = (await roundtrip(connection, [load, evalsha]))[1]
-                if isinstance(result, Exception):
-                    return [result, None]
-                return [result, *await roundtrip(connection, [wait])]
+                return await script_then(connection, script, keys, args, wait)
 
         self.breaker.check()
         try:
@@ -440,6 +442,22 @@ class Store:
             self._connection = None
         await self.breaker.aclose()
         await close_client(self.client)
+
+
+async def script_then(
+    connection: Any, script: Script, keys: list[str], args: list[Any], then: Command | None
+) -> tuple[Any, Any]:
+    """Run ``script`` on ``connection`` (loading it there on NOSCRIPT), then ``then`` on the same
+    connection; both replies (an error reply as its exception; ``then``'s None when not run)."""
+    evalsha = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    # ``then`` only once the script has run: a WAIT after a NOSCRIPT would wait in vain.
+    [result] = await roundtrip(connection, [evalsha])
+    if isinstance(result, NoScriptError):
+        result = (await roundtrip(connection, [("SCRIPT", "LOAD", script.source), evalsha]))[1]
+    if isinstance(result, Exception) or then is None:
+        return result, None
+    [answer] = await roundtrip(connection, [then])
+    return result, answer
 
 
 def _describe(error: BaseException) -> str:

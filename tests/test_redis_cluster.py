@@ -122,6 +122,10 @@ async def test_grants_work_and_the_cli_lists_and_audits_every_master(
     env = clean_env(redis_url=redis_cluster.url, key_prefix=prefix)
     listed = json.loads(run_cli("list", "--json", env=env).stdout)["items"]
     assert sorted(item["ip"] for item in listed) == sorted(granted)
+    shown = run_cli("show", granted[1], "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["grant"]["user"] == "carol"
+    assert json.loads(shown.stdout)["limits"][0]["used"] == 1
     removed = run_cli("remove", granted[0], env=env)
     assert removed.returncode == 0, removed.stderr
     audit = json.loads(run_cli("audit", "--last", "100", "--json", env=env).stdout)["items"]
