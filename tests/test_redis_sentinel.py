@@ -109,13 +109,16 @@ async def test_master_killed_under_traffic_from_two_daemons(
 
         # Steady traffic: two connections to each daemon, one request every 20 ms each.
         answers: list[tuple[float, int, str]] = []  # (sent at, daemon, action)
+        slowest = 0.0
         stop = asyncio.Event()
 
         async def steady(daemon: int) -> None:
+            nonlocal slowest
             client = await PolicyClient.connect(daemons[daemon].address)
             while not stop.is_set():
                 sent = loop.time()
                 answers.append((sent, daemon, await ask(client, BUSY)))
+                slowest = max(slowest, loop.time() - sent)
                 await asyncio.sleep(0.02)
             await client.aclose()
 
@@ -147,7 +150,8 @@ async def test_master_killed_under_traffic_from_two_daemons(
         print(  # the figure the issue asks for; read with pytest -s
             f"\nfailover: {len(answers)} requests, {len(outage)} answered DUNNO (store error);"
             f" decisions again {back - killed_at:.2f}s after the kill"
-            f" (DUNNO from {outage[0] - killed_at:.2f}s to {outage[-1] - killed_at:.2f}s)"
+            f" (DUNNO from {outage[0] - killed_at:.2f}s to {outage[-1] - killed_at:.2f}s);"
+            f" slowest answer {slowest * 1000:.0f} ms"
         )
 
         # Limits apply again without a restart, on both daemons together: exactly 5 for FRESH.
