@@ -7,7 +7,8 @@ the tests do, :mod:`tests.redis_ha`), then drives each with the store and limite
 server uses (DATA decisions over 10,000 client IPs, limits so high nobody is limited; the
 policy protocol is left out, so the figure is the Redis side's). It reports decisions/s, the
 Redis CPU per decision summed over the masters (``INFO cpu``), hence decisions per Redis
-core-second, and Redis memory per tracked client. Every run is bounded in seconds.
+core-second, and Redis memory per tracked client; with ``--failover``, how long decisions fail
+when a cluster master is killed. Every run is bounded in seconds.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import redis
 from ratelimit.limiter import LimitConfig, Limiter
 from ratelimit.limits import Limit
 from ratelimit.settings import Settings
-from ratelimit.store import Store
+from ratelimit.store import Store, StoreUnavailable
 from tests.redis_ha import Cluster, RedisSet, free_ports
 
 CLIENTS = 10_000
@@ -140,11 +141,42 @@ def measure(url: str, ports: list[int], seconds: float, processes: int, conc: in
     return Figures(sum(made), min(elapsed, seconds), cpu, per_client)
 
 
+async def _failover_gap(cluster: Cluster) -> tuple[float, int]:
+    """Decide for 60 clients every 20 ms, ``kill -9`` one master after a second; the seconds
+    from the kill until every decision succeeds again, and how many failed meanwhile."""
+    settings = Settings(redis_url=cluster.url, key_prefix="fail:", message_limits="100000/1h")
+    store = Store.from_settings(settings)
+    limiter = Limiter(store, LimitConfig.from_settings(settings))
+    addresses = _addresses()[:60]
+    loop = asyncio.get_running_loop()
+    killed_at: float | None = None
+    last_failure, failed, started = 0.0, 0, loop.time()
+    while loop.time() - started < 20:
+        if killed_at is None and loop.time() - started > 1:
+            cluster.kill(cluster.masters()[0])
+            killed_at = loop.time()
+        replies = await asyncio.gather(
+            *(limiter.count_message(a, 1) for a in addresses), return_exceptions=True
+        )
+        bad = sum(isinstance(r, StoreUnavailable) for r in replies)
+        if bad:
+            failed, last_failure = failed + bad, loop.time()
+        elif killed_at is not None and loop.time() - max(last_failure, killed_at) > 3:
+            break  # three clean seconds after the outage
+        await asyncio.sleep(0.02)
+    await store.aclose()
+    assert killed_at is not None
+    return max(last_failure - killed_at, 0.0), failed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=200, help="callers per process")
+    parser.add_argument(
+        "--failover", action="store_true", help="also kill a cluster master under decisions"
+    )
     args = parser.parse_args()
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     with tempfile.TemporaryDirectory(prefix="swl-bench-cluster-") as scratch:
@@ -168,6 +200,7 @@ def main() -> None:
                     cluster.url, cluster.ports, args.seconds, args.processes, args.concurrency
                 ),
             }
+            gap = asyncio.run(_failover_gap(cluster)) if args.failover else None
         finally:
             single.stop()
             cluster.stop()
@@ -177,6 +210,11 @@ def main() -> None:
     )
     for name, figure in figures.items():
         print(figure.line(name))
+    if gap is not None:
+        print(
+            f"cluster failover: decisions fail for {gap[0]:.2f}s after kill -9 of a master"
+            f" ({gap[1]} decisions answered ON_STORE_ERROR), then all succeed again"
+        )
 
 
 if __name__ == "__main__":
