@@ -20,6 +20,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     ConnectionError,
+    RedisError,
     ResponseError,
     TryAgainError,
 )
@@ -29,6 +30,14 @@ Command = tuple[Any, ...]
 # Replies that mean "not here (any more)": the slot moved or is migrating, or its node is being
 # replaced. The cluster client follows these itself and refreshes its slot map.
 REDIRECTS = (AskError, TryAgainError, ClusterDownError)
+
+
+async def first_slot_map(client: RedisCluster) -> None:
+    """Load the slot map once. Later reloads (after a node failed) are the store's, in the
+    background: ``RedisCluster.initialize`` would also re-ask its default node for the command
+    table, and fail every call while that node is the one that died."""
+    if not client.nodes_manager.slots_cache:
+        await client.initialize()
 
 
 async def roundtrip(connection: Any, commands: Sequence[Command]) -> list[Any]:
@@ -60,7 +69,7 @@ async def connection_for(
     """
     node: ClusterNode | None = None
     if isinstance(client, RedisCluster):
-        await client.initialize()  # a no-op unless the slot map needs (re)loading
+        await first_slot_map(client)
         node = client.get_node_from_key(key)
         if node is None:  # pragma: no cover - get_node_from_key raises for an uncovered slot
             raise ClusterDownError(f"no node holds {key!r}")
@@ -72,8 +81,6 @@ async def connection_for(
         yield connection
     except BaseException:
         await connection.disconnect(nowait=True)
-        if isinstance(client, RedisCluster):
-            client._initialize = True  # reload the slot map before the next call
         raise
     finally:
         connection.socket_timeout = socket_timeout
@@ -90,10 +97,12 @@ async def execute_on_nodes(
     all nodes at once. Replies come back in the commands' order.
 
     A command whose node failed gets that node's error as its reply, so decisions on the other
-    nodes still stand. A redirected command (its slot moved since the slot map was read) is run
-    once more through the client, which follows the redirection and reloads its slot map.
+    nodes still stand (the caller then reloads the slot map, to find a promoted replica). A
+    redirected command (its slot moved since the slot map was read, or is being taken over) is
+    run once more through the client, which follows the redirection; if that fails too, the
+    failure is that command's reply alone.
     """
-    await client.initialize()
+    await first_slot_map(client)
     groups: dict[str, list[int]] = {}
     for index, (key, _) in enumerate(commands):
         node = client.get_node_from_key(key)
@@ -118,6 +127,6 @@ async def execute_on_nodes(
         if isinstance(reply, REDIRECTS):
             try:
                 replies[i] = await client.execute_command(*commands[i][1])
-            except ResponseError as error:
+            except (RedisError, OSError, TimeoutError) as error:
                 replies[i] = error
     return replies

@@ -208,6 +208,7 @@ class Store:
         self._flusher: asyncio.Task[None] | None = None
         self._connection: Any = None  # the flusher's own connection, kept between batches
         self.breaker = CircuitBreaker(self._probe, timeout)
+        self._slot_reloader: asyncio.Task[None] | None = None  # cluster only
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -224,8 +225,7 @@ class Store:
         """The breaker's probe: PING, on a cluster every master (after reloading the slot map,
         so a promoted replica is found)."""
         if isinstance(self.client, RedisCluster):
-            self.client._initialize = True
-            await self.client.initialize()
+            await self.client.nodes_manager.initialize()
             await self.client.ping(target_nodes=RedisCluster.PRIMARIES)
         else:
             await self.client.ping()
@@ -427,9 +427,21 @@ class Store:
             self.timeout,
         )
         failed = [r for r in replies if isinstance(r, ConnectionError | OSError | TimeoutError)]
+        if failed and (self._slot_reloader is None or self._slot_reloader.done()):
+            self._slot_reloader = asyncio.get_running_loop().create_task(self._reload_slots())
         if failed and len(failed) == len(replies):
             raise failed[0]  # every node failed: one failure for the breaker
         return replies
+
+    async def _reload_slots(self) -> None:
+        """After a node failed: reload the slot map (a replica may have been promoted), then
+        pause a probe interval, so a long failover reloads it twice a second, not per batch."""
+        if not isinstance(self.client, RedisCluster):  # pragma: no cover - cluster only
+            return
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(self.timeout):
+                await self.client.nodes_manager.initialize()
+        await asyncio.sleep(self.breaker.interval)
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
@@ -441,6 +453,10 @@ class Store:
             await self.client.connection_pool.release(self._connection)
             self._connection = None
         await self.breaker.aclose()
+        if self._slot_reloader is not None:
+            self._slot_reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._slot_reloader
         await close_client(self.client)
 
 
