@@ -12,13 +12,15 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from ratelimit.addresses import parse_ip
+from ratelimit.addresses import IPAddress, parse_ip
 from ratelimit.grants import Grants
-from ratelimit.store import KeyLayout
+from ratelimit.limiter import LimitConfig, Limiter, Outcome, Verdict
+from ratelimit.store import KeyLayout, Store, StoreUnavailable
 from tests import test_policy_server as core
 from tests.conftest import require_tool
 from tests.policy_helpers import (
@@ -133,3 +135,64 @@ async def test_grants_work_and_the_cli_lists_and_audits_every_master(
         [("grant", ip) for ip in granted] + [("remove", granted[0])]
     )
     assert audit[-1]["event"] == "remove"  # merged by time across the streams
+
+
+@pytest.fixture
+def cluster_to_break(tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster of its own: the test kills one of its masters."""
+    require_tool("redis-cli")
+    cluster = Cluster(require_tool("redis-server"), tmp_path / "cluster")
+    try:
+        yield cluster.start(masters=3, replicas=1)
+    finally:
+        cluster.stop()
+
+
+async def test_a_dead_master_fails_only_its_slots_and_its_replica_takes_over(
+    cluster_to_break: Cluster,
+) -> None:
+    settings = make_settings(cluster_to_break.url, message_limits="5/1h", store_timeout=0.5)
+    store = Store.from_settings(settings)
+    limiter = Limiter(store, LimitConfig.from_settings(settings))
+    addresses = [a for a in (parse_ip(ip) for ip in _clients(30)) if a is not None]
+    try:
+        assert isinstance(store.client, RedisCluster)
+        assert all(v.outcome is Outcome.ACCEPTED for v in await decide_all(limiter, addresses))
+        node_of = {
+            a: store.client.get_node_from_key(store.keys.client_log(f"{a}/32")) for a in addresses
+        }
+        # The worst master to lose: the one the client asks for its command table.
+        victim = store.client.get_default_node()
+        assert victim in node_of.values()
+        cluster_to_break.kill(int(victim.port))
+        # Within the node timeout (2 s) the cluster has not declared the failure yet: the other
+        # masters go on deciding, and only the dead master's clients get StoreUnavailable.
+        for _ in range(3):
+            replies = await decide_all(limiter, addresses)
+            for address, reply in zip(addresses, replies, strict=True):
+                if node_of[address] == victim:
+                    assert isinstance(reply, StoreUnavailable), (address, reply)
+                else:
+                    assert isinstance(reply, Verdict), (address, reply)
+                    assert reply.outcome is Outcome.ACCEPTED
+        # Its replica is promoted; the store finds it without a restart, and the counts it
+        # replicated still hold: 5 less what each client had counted are left.
+        async with asyncio.timeout(30):
+            while True:
+                if all(isinstance(r, Verdict) for r in await decide_all(limiter, addresses)):
+                    break
+                await asyncio.sleep(0.1)
+        usage = {a: (await limiter.usage(a))[0].used for a in addresses}
+        for address in addresses:
+            left = 5 - usage[address]
+            verdicts = [await limiter.count_message(address, 1) for _ in range(left + 1)]
+            assert [v.outcome for v in verdicts] == [Outcome.ACCEPTED] * left + [Outcome.LIMITED]
+    finally:
+        await store.aclose()
+
+
+async def decide_all(limiter: Limiter, addresses: list[IPAddress]) -> list[Any]:
+    """One DATA decision for each address, all at once; failures returned, not raised."""
+    return await asyncio.gather(
+        *(limiter.count_message(a, 1) for a in addresses), return_exceptions=True
+    )
