@@ -16,9 +16,8 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from hiredis import pack_command
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError
 
 from ratelimit.connections import build_client, close_client
 from ratelimit.node_calls import Command, connection_for, execute_on_nodes, roundtrip
@@ -390,19 +389,13 @@ class Store:
             connection.socket_timeout = None
             self._connection = connection
         try:
-            packed = b"".join(
+            results = await roundtrip(
+                connection,
                 [
-                    pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+                    ("EVALSHA", script.sha, len(keys), *keys, *args)
                     for script, keys, args, _ in batch
-                ]
+                ],
             )
-            await connection.send_packed_command(packed, check_health=False)
-            results: list[Any] = []
-            for _ in batch:
-                try:
-                    results.append(await connection.read_response(disable_decoding=True))
-                except ResponseError as error:
-                    results.append(error)
         except BaseException:
             # Replies may still be on their way: this connection can never be trusted again.
             self._connection = None
