@@ -6,6 +6,7 @@ module reads it for ``smtp-whitelist audit``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -86,16 +87,20 @@ class AuditTrail:
         self, *, ip: str | None = None, user: str | None = None, last: int = 20
     ) -> list[AuditEntry]:
         """The ``last`` newest entries that match, returned oldest first (as a log reads)."""
-        client = self.store.client
+        client, keys = self.store.client, self.store.keys
+
+        async def read_chunk(key: bytes, upper: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+            reply = await client.xrevrange(key, max=upper, min="-", count=READ_CHUNK)
+            return cast(list[tuple[bytes, dict[bytes, bytes]]], reply)
 
         async def newest(key: bytes) -> list[tuple[tuple[int, int], AuditEntry]]:
+            """The ``last`` newest matching entries of one stream, with their ids' order."""
             found: list[tuple[tuple[int, int], AuditEntry]] = []
             upper = "+"
             while len(found) < last:
-                chunk = cast(
-                    list[tuple[bytes, dict[bytes, bytes]]],
-                    await client.xrevrange(key, max=upper, min="-", count=READ_CHUNK),
-                )
+                # One bounded call per chunk: a rare user's entries may lie behind the whole
+                # stream, and reading all of it under one STORE_TIMEOUT could time out.
+                chunk = await self.store.call(functools.partial(read_chunk, key, upper))
                 if not chunk:
                     break
                 for entry_id, fields in chunk:
@@ -108,12 +113,9 @@ class AuditTrail:
                 upper = "(" + _text(chunk[-1][0])
             return found
 
-        async def scan() -> list[AuditEntry]:
-            found: list[tuple[tuple[int, int], AuditEntry]] = []
-            for key in await self.store.scan_keys(self.store.keys.audit_pattern):
-                found += await newest(key)
-            found.sort(key=lambda pair: pair[0], reverse=True)
-            return [entry for _, entry in found[:last]]
-
-        entries = await self.store.call(scan)
-        return list(reversed(entries))
+        streams = await self.store.call(functools.partial(self.store.scan_keys, keys.audit_pattern))
+        found: list[tuple[tuple[int, int], AuditEntry]] = []
+        for key in streams:
+            found += await newest(key)
+        found.sort(key=lambda pair: pair[0], reverse=True)
+        return [entry for _, entry in reversed(found[:last])]
