@@ -18,9 +18,11 @@ $(ENV_FILE):
 		"$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))')" > $(ENV_FILE)
 	@echo "made $(ENV_FILE) with a random SMTP_WHITELIST_WEBHOOK_SECRET (edit it to change settings)"
 
+# Against the configured Redis; where nothing listens on it (on this machine), a private
+# redis-server with its data under run/redis, stopped with the server (scripts/run).
 run: $(BIN)/.installed $(ENV_FILE)
-	@echo "settings: $(abspath $(ENV_FILE)); policy server on 127.0.0.1:10031, webhook on 127.0.0.1:10032"
-	$(BIN)/smtp-whitelist --env-file $(ENV_FILE) serve
+	@echo "settings: $(abspath $(ENV_FILE)) (SMTP_WHITELIST_* in the environment override it)"
+	BIN=$(BIN) ENV_FILE=$(ENV_FILE) RUN_DIR=run scripts/run
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -375,7 +375,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-messages", type=int, default=3)
     parser.add_argument("--idle-connections", type=int, default=1000)
     parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument(
+        "--metrics", action="store_true", help="policyd counts metrics (METRICS_LISTEN set)"
+    )
     args = parser.parse_args(argv)
+
+    def served() -> dict[str, str]:
+        return {"SMTP_WHITELIST_METRICS_LISTEN": f"{HOST}:{free_port()}"} if args.metrics else {}
+
     started = time.monotonic()
     out: list[str] = []
 
@@ -389,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             redis_port, null_port, ours_port, ours2_port = (free_port() for _ in range(4))
             redis_pid = procs.redis(redis_port)
             null_pid = procs.null_server(null_port)
-            ours_pid = procs.policyd(ours_port, redis_port)
+            ours_pid = procs.policyd(ours_port, redis_port, **served())
             client = redis.Redis(host=HOST, port=redis_port)
             for line in machine():
                 say(f"# {line}")
@@ -447,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if not args.no_scaling:
                 say()
-                ours2_pid = procs.policyd(ours2_port, redis_port)
+                ours2_pid = procs.policyd(ours2_port, redis_port, **served())
                 run_load(HOST, ours2_port, requests=5_000, duration=10)
                 client.flushall()
                 say("scaling: one Redis, policyd processes on separate ports, 20 connections")

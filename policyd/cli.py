@@ -103,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("check", help="validate settings, reach Redis, print the effective settings")
+
+    reset = sub.add_parser("reset", help="clear a client's counts (false positive, cleaned PC)")
+    reset.add_argument("ip")
+
+    top = sub.add_parser("top", help="the clients refused most often")
+    top.add_argument("--since", default="1h", help="span, e.g. 30m, 1h, 1d (default 1h)")
+    top.add_argument("--last", type=_positive_int, default=20, help="clients (default 20)")
+    top.add_argument("--now", action="store_true", help="only clients refused right now")
+    top.add_argument("--json", action="store_true")
+
+    limited = sub.add_parser("limited", help="clients refused right now (= top --now)")
+    limited.add_argument("--last", type=_positive_int, default=20, help="clients (default 20)")
+    limited.add_argument("--json", action="store_true")
     return parser
 
 
@@ -202,6 +215,7 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     from policyd.server import ConnectionLimits, PolicyServer
     from policyd.stage_watch import StageWatch
     from ratelimit.limiter import LimitConfig, Limiter
+    from ratelimit.metrics import Metrics
 
     if webhook and settings.webhook_secret is None:
         raise UsageError("SMTP_WHITELIST_WEBHOOK_SECRET: required to run the webhook")
@@ -209,13 +223,19 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     loop = asyncio.get_running_loop()
     store = Store.from_settings(settings)
     limiter = Limiter(store, LimitConfig.from_settings(settings))
-    decider = PolicyDecider(limiter, Replies.from_settings(settings), StageWatch())
+    # Built only when served: with METRICS_LISTEN empty nothing is counted at all.
+    metrics = Metrics() if settings.metrics_listen else None
+    decider = PolicyDecider(limiter, Replies.from_settings(settings), StageWatch(), metrics)
     server = PolicyServer(
         decider,
         ConnectionLimits(settings.max_connections, settings.idle_timeout, settings.request_timeout),
     )
+    if metrics is not None:
+        metrics.watch_connections(lambda: len(server.connections))
+        metrics.watch_store(lambda: not store.breaker.is_open)
     stopping = asyncio.Event()
     runner: Any = None
+    metrics_server: Any = None
 
     def reload() -> None:
         notify("RELOADING=1")
@@ -232,7 +252,13 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
             decider.replies = Replies.from_settings(new)
             restart = [
                 name
-                for name in ("redis_url", "key_prefix", "policy_listen", "webhook_listen")
+                for name in (
+                    "redis_url",
+                    "key_prefix",
+                    "policy_listen",
+                    "webhook_listen",
+                    "metrics_listen",
+                )
                 if getattr(new, name) != getattr(settings, name)
             ]
             log.info(
@@ -252,10 +278,17 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
         if policy:
             await server.start(settings.policy_listen)
         if webhook:
-            runner = await _start_webhook(settings, store)
+            runner = await _start_webhook(settings, store, metrics)
+        if metrics is not None:
+            from policyd.metrics_http import MetricsServer
+
+            metrics_server = MetricsServer(metrics, store, loop)
+            metrics_server.start(settings.metrics_listen)
     except OSError as error:
         print(f"smtp-whitelist: {error.strerror or error}", file=sys.stderr)
         await server.stop(grace=0)
+        if runner is not None:
+            await runner.cleanup()
         await store.aclose()
         return EXIT_FAILED
     try:
@@ -287,6 +320,7 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     await asyncio.gather(
         server.stop(grace=SHUTDOWN_GRACE),
         runner.cleanup() if runner is not None else asyncio.sleep(0),
+        asyncio.to_thread(metrics_server.stop) if metrics_server else asyncio.sleep(0),
     )
     await store.aclose()
     log.info("stopped")
@@ -319,7 +353,7 @@ def _raise_file_limit(max_connections: int) -> None:
             )
 
 
-async def _start_webhook(settings: Settings, store: Store) -> Any:
+async def _start_webhook(settings: Settings, store: Store, metrics: Any = None) -> Any:
     from ratelimit.grants import Grants
     from ratelimit.nonces import NonceLedger
     from webhook.app import build_app
@@ -332,6 +366,7 @@ async def _start_webhook(settings: Settings, store: Store) -> Any:
         NonceLedger(store),
         store,
         RegisteredNameChecker.from_settings(settings),
+        metrics=metrics,
     )
     return await start_webhook(app, settings.webhook_listen)
 
@@ -401,8 +436,11 @@ async def _cmd_show(args: argparse.Namespace, settings: Settings, env: Path | No
         limiter = Limiter(store, LimitConfig.from_settings(settings))
         grant = await Grants(store, settings).get(address)
         usage = await limiter.usage(address)
-    exempt = in_networks(address, settings.exempt_networks)
+        exempt = in_networks(address, settings.exempt_networks)
+        free_at, now = await _release(store, settings, limiter.network_of(address))
     network = limiter.network_of(address)
+    if grant or exempt:
+        free_at = None  # not limited at all
     if args.json:
         print(
             json.dumps(
@@ -415,6 +453,8 @@ async def _cmd_show(args: argparse.Namespace, settings: Settings, env: Path | No
                         {"counts": u.counted.value, "limit": str(u.limit), "used": u.used}
                         for u in usage
                     ],
+                    "refused_now": free_at is not None,
+                    "may_send_at": _time(_from_us(free_at)) if free_at is not None else None,
                 }
             )
         )
@@ -427,6 +467,113 @@ async def _cmd_show(args: argparse.Namespace, settings: Settings, env: Path | No
     for u in usage:
         state = "  REACHED" if u.used >= u.limit.count else ""
         print(f"{u.counted.value:<11} {u.used:>7} of {u.limit!s:<10}{state}")
+    if free_at is None:
+        print("may send: now")
+    else:
+        wait = -(-(free_at - now) // 1_000_000)  # whole seconds, rounded up
+        print(f"may send again: {_time(_from_us(free_at))} (in {_duration(wait)})")
+    return EXIT_OK
+
+
+async def _release(store: Store, settings: Settings, network: str) -> tuple[int | None, int]:
+    """When the network's client may send again (µs, None: now), and Redis' clock (µs)."""
+    from ratelimit.release import read_log, release_time
+
+    entries, now = await read_log(store, network)
+    limits = settings.message_limits, settings.recipient_limits
+    return release_time(entries, now, *limits), now
+
+
+def _from_us(micros: int) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(micros / 1_000_000, tz=UTC)
+
+
+def _duration(seconds: int) -> str:
+    """``3725`` -> ``1h 2m 5s``: what an operator reads at a glance."""
+    hours, rest = divmod(max(seconds, 0), 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h"] if hours else []
+    parts += [f"{minutes}m"] if minutes or hours else []
+    return " ".join([*parts, f"{secs}s"])
+
+
+async def _cmd_reset(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    from ratelimit.limiter import LimitConfig, Limiter
+    from ratelimit.offenders import Offenders
+
+    address = _ip(args.ip)
+    actor = os.environ.get("SUDO_USER") or getpass.getuser()
+    async with _store(settings) as store:
+        network = Limiter(store, LimitConfig.from_settings(settings)).network_of(address)
+        cleared = await Offenders(store).reset(str(address), network, source="cli", actor=actor)
+    if not cleared:
+        print(f"smtp-whitelist: no counts for {address} ({network})", file=sys.stderr)
+        return EXIT_FAILED
+    log.info("reset the counts of client=%s network=%s by=%s", address, network, actor)
+    print(f"cleared the counts of {address} (counted as {network})")
+    return EXIT_OK
+
+
+# `limited` checks at most this many recently refused clients (one Redis read each).
+MAX_LIMITED_CANDIDATES = 1000
+
+
+async def _cmd_top(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    from ratelimit.offenders import MAX_SINCE, Offenders, parse_span
+
+    try:
+        since = parse_span(args.since)
+    except ValueError as error:
+        raise UsageError(f"--since: {error}") from None
+    if args.now:
+        return await _limited(settings, args.last, args.json)
+    async with _store(settings) as store:
+        found = await Offenders(store).top(min(since, MAX_SINCE), args.last)
+    if args.json:
+        print(json.dumps({"since": args.since, "items": [o.as_json() for o in found]}))
+        return EXIT_OK
+    if not found:
+        print(f"no refusals in the last {args.since}")
+    for o in found:
+        print(f"{o.ip:<40} {o.refusals:>7}  {o.limit:<22} {_time(o.last_refused)}")
+    return EXIT_OK
+
+
+async def _cmd_limited(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    return await _limited(settings, args.last, args.json)
+
+
+async def _limited(settings: Settings, last: int, as_json: bool) -> int:
+    """Clients that a limit refuses right now: refused lately, and still at a limit."""
+    from ratelimit.grants import Grants
+    from ratelimit.limiter import LimitConfig, Limiter
+    from ratelimit.offenders import MAX_SINCE, Offenders
+
+    windows = [lim.window for lim in (*settings.message_limits, *settings.recipient_limits)]
+    since = min(max(windows, default=3600), MAX_SINCE)
+    rows: list[tuple[Any, int]] = []
+    async with _store(settings) as store:
+        limiter = Limiter(store, LimitConfig.from_settings(settings))
+        for o in await Offenders(store).top(since, MAX_LIMITED_CANDIDATES):
+            address = parse_ip(o.ip)
+            if address is None or in_networks(address, settings.exempt_networks):
+                continue
+            if await Grants(store, settings).get(address) is not None:
+                continue  # granted since its refusals: not refused now
+            free_at, _ = await _release(store, settings, limiter.network_of(address))
+            if free_at is not None:
+                rows.append((o, free_at))
+    rows = rows[:last]
+    if as_json:
+        items = [{**o.as_json(), "may_send_at": _time(_from_us(t))} for o, t in rows]
+        print(json.dumps({"items": items}))
+        return EXIT_OK
+    if not rows:
+        print("no client is refused right now")
+    for o, t in rows:
+        print(f"{o.ip:<40} {o.refusals:>7}  {o.limit:<22} until {_time(_from_us(t))}")
     return EXIT_OK
 
 
@@ -545,4 +692,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Path | None], Awaita
     "audit": _cmd_audit,
     "query": _cmd_query,
     "check": _cmd_check,
+    "reset": _cmd_reset,
+    "top": _cmd_top,
+    "limited": _cmd_limited,
 }

@@ -16,6 +16,7 @@ from policyd.protocol import PolicyRequest
 from ratelimit.addresses import IPAddress, parse_ip
 from ratelimit.limiter import Limiter, Outcome, Verdict
 from ratelimit.limits import format_window
+from ratelimit.metrics import Metrics
 from ratelimit.settings import Settings
 from ratelimit.store import StoreUnavailable
 
@@ -31,6 +32,9 @@ STORE_WARNING_INTERVAL = 60.0
 # client_address texts remembered with their parsed address (ipaddress parsing costs a few µs
 # per request); when this many are held the memo starts again from empty.
 MAX_REMEMBERED_ADDRESSES = 16_384
+# The `result` label of requests that no limit was asked about, and of those Redis failed.
+NOT_COUNTED = "not_counted"
+STORE_ERROR = "store_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,19 +60,28 @@ class PolicyDecider:
     """Turns one policy request into one action."""
 
     def __init__(
-        self, limiter: Limiter, replies: Replies, watch: StageObserver | None = None
+        self,
+        limiter: Limiter,
+        replies: Replies,
+        watch: StageObserver | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.limiter = limiter
         self.replies = replies
         self.watch = watch
+        self.metrics = metrics
         self._store_failing_since: float | None = None
         self._store_failures = 0
         self._store_warned_at = 0.0
         self._addresses: dict[str, IPAddress | None] = {}
 
     async def __call__(self, request: PolicyRequest) -> str:
+        metrics = self.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         state = request.protocol_state
-        action = await self._decide(request, state)
+        action, result = await self._decide(request, state)
+        if metrics is not None:
+            metrics.policy.decided(state, result, time.perf_counter() - started)
         if self.watch is not None:
             # After the decision: a limited client that keeps retrying only ever reaches RCPT,
             # and must not look like a Postfix that never asks at DATA.
@@ -77,13 +90,14 @@ class PolicyDecider:
                 log.warning("%s", warning)
         return action
 
-    async def _decide(self, request: PolicyRequest, state: str) -> str:
+    async def _decide(self, request: PolicyRequest, state: str) -> tuple[str, str]:
+        """The action, and the ``result`` label it is counted under."""
         if state in COUNTED_STATES:
             counting = True
         elif state in CHECKED_STATES:
             counting = False
         else:
-            return DUNNO
+            return DUNNO, NOT_COUNTED
         text = request.client_address
         addresses = self._addresses
         try:
@@ -102,18 +116,18 @@ class PolicyDecider:
                 request.get("queue_id"),
                 request.get("instance"),
             )
-            return DUNNO
+            return DUNNO, NOT_COUNTED
         try:
             if counting:
                 verdict = await self.limiter.count_message(address, request.recipient_count)
             else:
                 verdict = await self.limiter.check(address)
         except StoreUnavailable as error:
-            return self._store_failed(str(address), state, request, error)
+            return self._store_failed(str(address), state, request, error), STORE_ERROR
         self._store_ok()
         if verdict.outcome is not Outcome.LIMITED and not log.isEnabledFor(logging.DEBUG):
-            return DUNNO  # the common case: no address text, no log line to build
-        return self._reply(str(address), state, request, verdict)
+            return DUNNO, verdict.outcome.value  # the common case: no address text, no log line
+        return self._reply(str(address), state, request, verdict), verdict.outcome.value
 
     def _reply(self, ip: str, state: str, request: PolicyRequest, verdict: Verdict) -> str:
         if verdict.outcome is not Outcome.LIMITED:
@@ -152,7 +166,25 @@ class PolicyDecider:
             request.get("queue_id"),
             request.get("instance"),
         )
+        if verdict.compromised:
+            self._compromised(ip, request, verdict)
         return action
+
+    def _compromised(self, ip: str, request: PolicyRequest, verdict: Verdict) -> None:
+        """Once per client per hour across every daemon sharing the Redis (decide.lua says when)."""
+        log.warning(
+            "likely compromised client=%s refusals=%d within the hour (OFFENDER_THRESHOLD) limit=%s"
+            " %s sender=%s network=%s queue_id=%s",
+            ip,
+            verdict.compromised,
+            verdict.limit,
+            verdict.counted.value if verdict.counted else "",
+            request.get("sender")[:256],
+            verdict.network,
+            request.get("queue_id"),
+        )
+        if self.metrics is not None:
+            self.metrics.likely_compromised.inc()
 
     def _store_failed(
         self, ip: str, state: str, request: PolicyRequest, error: StoreUnavailable

@@ -1,4 +1,4 @@
-"""The audit trail: a capped Redis stream of grants, refreshes and removals.
+"""The audit trail: a capped Redis stream of grants, refreshes, removals and count resets.
 
 The scripts in :mod:`ratelimit.grants` write it atomically with the change they record; this
 module reads it for ``smtp-whitelist audit``.
@@ -27,7 +27,7 @@ class AuditEntry:
     """One recorded change."""
 
     at: datetime
-    event: str  # grant, refresh, remove
+    event: str  # grant, refresh, remove, reset (a client's counts cleared)
     ip: str
     user: str
     role: str

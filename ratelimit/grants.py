@@ -205,7 +205,7 @@ class Grants:
             for i, name in enumerate(names):
                 raw, pttl = values[2 * i], values[2 * i + 1]
                 if raw is not None and pttl >= 0:
-                    found.append(_decode(keys.address_of_grant(name.decode()), raw, pttl))
+                    found.append(_decode(keys.address_of(name.decode()), raw, pttl))
             return found
 
         grants = await self.store.call(read)

@@ -51,6 +51,9 @@ class Verdict:
     limit: Limit | None = None
     counted: Counted | None = None
     used: int = 0  # what the reached limit had counted before this message
+    # The client's refusals this hour, set only on the one refusal (across every daemon sharing
+    # the Redis) that brought them to OFFENDER_THRESHOLD: log it as likely compromised.
+    compromised: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,7 @@ class LimitConfig:
     ipv4_prefix: int
     ipv6_prefix: int
     exempt_networks: tuple[IPNetwork, ...]
+    offender_threshold: int = 50
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LimitConfig:
@@ -71,16 +75,19 @@ class LimitConfig:
             settings.ipv4_prefix,
             settings.ipv6_prefix,
             settings.exempt_networks,
+            settings.offender_threshold,
         )
 
     def script_args(self) -> list[int]:
-        """The limits as the Lua script reads them: M, M pairs, R, R pairs (windows in µs)."""
+        """The limits as the Lua script reads them: M, M pairs, R, R pairs (windows in µs), and
+        OFFENDER_THRESHOLD last."""
         args = [len(self.message_limits)]
         for limit in self.message_limits:
             args += [limit.count, limit.window * 1_000_000]
         args.append(len(self.recipient_limits))
         for limit in self.recipient_limits:
             args += [limit.count, limit.window * 1_000_000]
+        args.append(self.offender_threshold)
         return args
 
 
@@ -133,7 +140,15 @@ class Limiter:
                 found = (network, None)
             else:
                 keys = self.store.keys
-                found = (network, [keys.client_log(network), keys.grant(str(address), network)])
+                ip = str(address)
+                found = (
+                    network,
+                    [
+                        keys.client_log(network),
+                        keys.grant(ip, network),
+                        keys.offender(ip, network),
+                    ],
+                )
             if len(clients) >= MAX_REMEMBERED_CLIENTS:
                 clients.clear()
             clients[address] = found
@@ -147,20 +162,18 @@ class Limiter:
         if not config.message_limits and not config.recipient_limits:
             return Verdict(Outcome.ACCEPTED, network)
         recipients = min(max(recipients, 0), MAX_RECIPIENTS)
-        code, index, used = await self.store.run_script_batched(
-            _DECIDE, keys, [mode, recipients, *args]
-        )
+        reply = await self.store.run_script_batched(_DECIDE, keys, [mode, recipients, *args])
+        code = reply[0]
         if code == 0:
             return Verdict(Outcome.ACCEPTED, network)
         if code == 1:
             return Verdict(Outcome.WHITELISTED, network)
+        _, index, used, compromised = reply
         if code == 2:
-            return Verdict(
-                Outcome.LIMITED, network, config.message_limits[index - 1], Counted.MESSAGES, used
-            )
-        return Verdict(
-            Outcome.LIMITED, network, config.recipient_limits[index - 1], Counted.RECIPIENTS, used
-        )
+            limit, counted = config.message_limits[index - 1], Counted.MESSAGES
+        else:
+            limit, counted = config.recipient_limits[index - 1], Counted.RECIPIENTS
+        return Verdict(Outcome.LIMITED, network, limit, counted, used, compromised)
 
     async def usage(self, address: IPAddress) -> list[Usage]:
         """Every limit's current use for the client's network (``smtp-whitelist show``)."""

@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     max_grants_per_user: int = Field(3, ge=1, le=1000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # Empty: no metrics listener (and nothing counted for it).
+    metrics_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = ()
+    offender_threshold: int = Field(50, ge=1, le=1_000_000)
     # A replica count above a handful is no deployment's; WAIT for more would only time out.
     grant_min_replicas: int = Field(0, ge=0, le=16)
 
@@ -172,6 +175,16 @@ class Settings(BaseSettings):
     @classmethod
     def _listen(cls, value: object) -> object:
         return parse_listen(value) if isinstance(value, str) else value
+
+    @field_validator("metrics_listen", mode="before")
+    @classmethod
+    def _metrics_listen(cls, value: object) -> object:
+        if not isinstance(value, str) or not value.strip():
+            return () if isinstance(value, str) else value
+        addresses = parse_listen(value)
+        if any(a.path is not None for a in addresses):
+            raise ValueError("host:port only (Prometheus scrapes over TCP)")
+        return addresses
 
     @field_validator("message_limits", "recipient_limits", mode="before")
     @classmethod

@@ -156,8 +156,8 @@ class KeyLayout:
         return f"{self.prefix}wl:*"
 
     @staticmethod
-    def address_of_grant(key: str) -> str:
-        """The address a grant key is for."""
+    def address_of(key: str) -> str:
+        """The address a grant or offender key is for."""
         return key.rsplit("}:", 1)[-1]
 
     def user_grants(self, user: str) -> str:
@@ -172,6 +172,15 @@ class KeyLayout:
     @property
     def audit_pattern(self) -> str:
         return f"{self.prefix}audit:*"
+
+    def offender(self, ip: str, network: str) -> str:
+        """Hash with a TTL: a client address' refusals per hour, its last limit and refusal
+        (tagged with the network it is counted under, as the decision script touches it)."""
+        return f"{self.prefix}o:{{{network}}}:{ip}"
+
+    @property
+    def offender_pattern(self) -> str:
+        return f"{self.prefix}o:*"
 
     def nonce(self, nonce: str) -> str:
         """String with a TTL: a webhook nonce already used."""

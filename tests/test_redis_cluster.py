@@ -128,6 +128,10 @@ async def test_grants_work_and_the_cli_lists_and_audits_every_master(
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["grant"]["user"] == "carol"
     assert json.loads(shown.stdout)["limits"][0]["used"] == 1
+    # Each was refused once before its grant: the offender view gathers them from every master.
+    top = run_cli("top", "--json", "--last", "50", env=env)
+    assert top.returncode == 0, top.stderr
+    assert sorted(item["ip"] for item in json.loads(top.stdout)["items"]) == sorted(granted)
     removed = run_cli("remove", granted[0], env=env)
     assert removed.returncode == 0, removed.stderr
     audit = json.loads(run_cli("audit", "--last", "100", "--json", env=env).stdout)["items"]

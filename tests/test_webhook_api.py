@@ -404,7 +404,7 @@ async def test_too_many_grants_is_429_but_refresh_is_allowed(webhook: Webhook) -
         assert (await webhook.portal.call("POST", "/v1/whitelist", grant_body(ip))).status == 201
     answer = await webhook.portal.call("POST", "/v1/whitelist", grant_body("192.0.2.13"))
     assert (answer.status, answer.body["error"]) == (429, "too_many_grants")
-    assert await webhook.redis.exists(f"{PREFIX}wl:192.0.2.13") == 0
+    assert await webhook.redis.exists(_grant_key("192.0.2.13")) == 0
     refresh = await webhook.portal.call("POST", "/v1/whitelist", grant_body("192.0.2.11"))
     assert refresh.status == 200
     other = await webhook.portal.call("POST", "/v1/whitelist", grant_body("192.0.2.13", user="bob"))

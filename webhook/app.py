@@ -23,6 +23,7 @@ from aiohttp.typedefs import Middleware
 
 from ratelimit.addresses import IPAddress
 from ratelimit.grants import Grant, Grants, TooManyGrants
+from ratelimit.metrics import Metrics
 from ratelimit.nonces import NonceLedger
 from ratelimit.settings import Settings
 from ratelimit.store import NotReplicated, Store, StoreUnavailable
@@ -134,6 +135,20 @@ def _in_flight_limit(limit: int) -> Middleware:
     return limit_in_flight
 
 
+def _count_requests(metrics: Metrics) -> Middleware:
+    """A middleware counting every answer by route (its pattern, never the raw path) and status."""
+
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics.http_requests.labels(route, str(response.status)).inc()
+        return response
+
+    return count
+
+
 class Webhook:
     """The request handlers, holding the dependencies :func:`build_app` was given."""
 
@@ -145,6 +160,7 @@ class Webhook:
         store: Store,
         resolver: RegisteredNameChecker,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         if settings.webhook_secret is None:
             raise ValueError("SMTP_WHITELIST_WEBHOOK_SECRET is required for the webhook")
@@ -155,6 +171,11 @@ class Webhook:
         self.store = store
         self.resolver = resolver
         self.clock = clock
+        self.metrics = metrics
+
+    def _count_grant(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.grants.labels(SOURCE, outcome).inc()
 
     async def healthz(self, request: web.Request) -> web.Response:
         """``GET /healthz``, unsigned: whether Redis answers."""
@@ -187,12 +208,18 @@ class Webhook:
                 wanted.role,
                 wanted.status,
             )
+            self._count_grant("refused")
             raise ApiError(403, "not_eligible", str(error)) from None
-        ip = self._valid_ip(wanted.ip)
+        try:
+            ip = self._valid_ip(wanted.ip)
+        except ApiError:
+            self._count_grant("refused")
+            raise
         try:
             name = await self.resolver.check(ip)
         except NoRegisteredName as error:
             log.info("webhook refused ip=%s user=%s: %s", ip, wanted.user, error)
+            self._count_grant("refused")
             raise ApiError(422, "no_registered_name", str(error)) from None
         except DnsTimeout as error:
             log.warning("webhook ip=%s user=%s: DNS timeout (%s)", ip, wanted.user, error)
@@ -217,6 +244,7 @@ class Webhook:
             ) from None
         except TooManyGrants as error:
             log.info("webhook refused ip=%s user=%s: holds %d grants", ip, wanted.user, error.held)
+            self._count_grant("refused")
             raise ApiError(
                 429,
                 "too_many_grants",
@@ -233,6 +261,7 @@ class Webhook:
             name or "-",
             grant.expires_at.isoformat(timespec="seconds"),
         )
+        self._count_grant("created" if created else "refreshed")
         return web.json_response(grant.as_json(), status=201 if created else 200)
 
     async def show(self, request: web.Request) -> web.Response:
@@ -252,6 +281,7 @@ class Webhook:
         if grant is None:
             raise ApiError(404, "not_found", f"{ip} has no live grant")
         _log_removal(grant)
+        self._count_grant("removed")
         return web.Response(status=204)
 
     async def list(self, request: web.Request) -> web.Response:
@@ -360,14 +390,16 @@ def build_app(
     *,
     max_in_flight: int = MAX_IN_FLIGHT,
     clock: Callable[[], float] = time.time,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """The webhook application for these dependencies (raises ValueError without a secret)."""
-    hooks = Webhook(settings, grants, nonces, store, resolver, clock)
-    app = web.Application(
-        client_max_size=MAX_BODY,
-        # The error middleware is outermost, so even the in-flight refusal is shaped by it.
-        middlewares=[_errors, _in_flight_limit(max_in_flight)],
-    )
+    hooks = Webhook(settings, grants, nonces, store, resolver, clock, metrics)
+    # The error middleware is outside the others, so even the in-flight refusal is shaped by it;
+    # the counting one is outermost, so it sees every answer as sent.
+    middlewares = [_errors, _in_flight_limit(max_in_flight)]
+    if metrics is not None:
+        middlewares.insert(0, _count_requests(metrics))
+    app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
     app.router.add_get("/healthz", hooks.healthz)
     app.router.add_post("/v1/whitelist", hooks.create)
     app.router.add_get("/v1/whitelist", hooks.list, allow_head=False)

@@ -2,15 +2,19 @@
 --
 -- KEYS[1]  the client's log: sorted set, one member per accepted message, score = time in µs
 -- KEYS[2]  the whitelist key of the client's exact address
+-- KEYS[3]  the offender hash of the client's exact address (refusals per hour; optional)
 -- ARGV[1]  mode: "count" (DATA: check and record), "check" (RCPT: message limits only),
 --          "usage" (read every limit's current use; no whitelist check, nothing recorded)
 -- ARGV[2]  recipients in this message
 -- ARGV[3]  M, the number of message limits, then M pairs: count, window in µs
 -- then     R, the number of recipient limits, then R pairs: count, window in µs
+-- then     OFFENDER_THRESHOLD (the last ARGV)
 --
 -- Returns {code, index, used}: code 0 accepted (recorded in "count" mode), 1 whitelisted,
 -- 2 message limit ARGV pair `index` reached, 3 recipient limit `index` reached; `used` is what
 -- that limit had counted before this message. "usage" returns {4, used1, used2, ...}.
+-- A refusal (code 2 or 3) has a fourth element: the client's refusals this hour when this one
+-- brought them to exactly OFFENDER_THRESHOLD, else 0.
 --
 -- Time comes from Redis (TIME), not from the daemons, so several policy servers on several
 -- hosts share one clock and the limit stays exact across them.
@@ -37,6 +41,31 @@ for i = 1, m + r do
   if w > longest then longest = w end
 end
 
+-- The offender view (`smtp-whitelist top`): a refusal is also counted per client address, in
+-- this same atomic step so it costs no round trip. Field "h<hour>" counts the refusals of that
+-- clock hour (Redis' clock); "limit" and "last" say which limit refused last, and when. Exactly
+-- one refusal, on whichever daemon, brings an hour's count to the threshold: it alone returns
+-- the count, so a likely-compromised client is logged once per hour however many daemons
+-- share this Redis.
+local OFFENDER_HOURS = 25  -- hours kept: `top --since` reaches back a day
+local function refused(code, i, used, n, w)
+  local key = KEYS[3]
+  if not key then return {code, i, used, 0} end
+  local hour = math.floor(now / 3600000000)
+  local count = redis.call('HINCRBY', key, 'h' .. hour, 1)
+  local kind = (code == 2) and 'messages' or 'recipients'
+  redis.call('HSET', key, 'limit', kind .. ' ' .. int(n) .. ' ' .. int(w / 1000000), 'last', int(now))
+  if count == 1 then
+    -- A new hour: forget the hours that `top` no longer reads (at most one per hour).
+    for _, field in ipairs(redis.call('HKEYS', key)) do
+      local h = tonumber(string.match(field, '^h(%d+)$'))
+      if h and h <= hour - OFFENDER_HOURS then redis.call('HDEL', key, field) end
+    end
+  end
+  redis.call('EXPIRE', key, OFFENDER_HOURS * 3600)
+  return {code, i, used, (count == tonumber(ARGV[#ARGV])) and count or 0}
+end
+
 -- Entries older than the longest window can never count again: drop them, so a client's log
 -- holds at most what its limits allow.
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. int(now - longest))
@@ -48,7 +77,7 @@ for i = 1, m do
   if mode == 'usage' then
     usage[#usage + 1] = used
   elseif (mode == 'count' and used + 1 > n) or (mode == 'check' and used >= n) then
-    return {2, i, used}
+    return refused(2, i, used, n, w)
   end
 end
 if mode == 'check' then
@@ -67,7 +96,7 @@ for j = 1, r do
   if mode == 'usage' then
     usage[#usage + 1] = used
   elseif used + rcpts > n then
-    return {3, j, used}
+    return refused(3, j, used, n, w)
   end
 end
 if mode == 'usage' then
