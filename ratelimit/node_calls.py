@@ -40,15 +40,19 @@ async def first_slot_map(client: RedisCluster) -> None:
         await client.initialize()
 
 
-async def roundtrip(connection: Any, commands: Sequence[Command]) -> list[Any]:
-    """Write ``commands`` in one packed write; their replies in order. An error reply (NOSCRIPT,
-    MOVED) is returned as its exception, so the caller can redo just that command; a broken
-    connection raises, and the caller must then drop the connection (replies may be in flight).
+async def roundtrip(
+    connection: Any, commands: Sequence[Command], replies: list[Any] | None = None
+) -> list[Any]:
+    """Write ``commands`` in one packed write; their replies in order (appended to ``replies``
+    when given, so a caller can tell after a failure whether any reply came). An error reply
+    (NOSCRIPT, MOVED) is returned as its exception, so the caller can redo just that command; a
+    broken connection raises, and the caller must then drop the connection (replies may be in
+    flight).
     """
     await connection.send_packed_command(
         b"".join([pack_command(command) for command in commands]), check_health=False
     )
-    replies: list[Any] = []
+    replies = [] if replies is None else replies
     for _ in commands:
         try:
             replies.append(await connection.read_response(disable_decoding=True))
