@@ -26,7 +26,9 @@ from typing import Any, NoReturn
 from policyd import logs
 from policyd.protocol import encode_request, parse_reply
 from ratelimit.addresses import IPAddress, in_networks, parse_ip
+from ratelimit.grant_rules import InvalidGrant
 from ratelimit.settings import (
+    MAX_WHITELIST_TTL,
     ListenAddress,
     Settings,
     SettingsError,
@@ -34,7 +36,7 @@ from ratelimit.settings import (
     load_settings,
     parse_listen,
 )
-from ratelimit.store import NotReplicated, Store, StoreUnavailable
+from ratelimit.store import NotReplicated, Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("policyd")
 
@@ -70,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     add = sub.add_parser("add", help="grant: IP is not limited for TTL seconds (no campus rule)")
     add.add_argument("ip")
     add.add_argument("--user", help="who the grant is for (default: your login name)")
-    add.add_argument("--ttl", type=_positive_int, help="seconds (default: WHITELIST_TTL)")
+    add.add_argument(
+        "--ttl",
+        type=_grant_ttl,
+        help=f"seconds, 1 to {MAX_WHITELIST_TTL} (default: WHITELIST_TTL)",
+    )
 
     remove = sub.add_parser("remove", help="end a grant now")
     remove.add_argument("ip")
@@ -120,13 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    # ASCII only: str.isdigit() also takes "²", which int() then refuses.
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
 
 
+def _grant_ttl(text: str) -> int:
+    # Bounded as WHITELIST_TTL is: beyond it Redis refuses the expiry (and a 3,000-year grant
+    # is a typo, not an override).
+    seconds = _positive_int(text)
+    if seconds > MAX_WHITELIST_TTL:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_WHITELIST_TTL} seconds")
+    return seconds
+
+
 def _non_negative_int(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(text)
 
@@ -171,6 +187,10 @@ def run(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"smtp-whitelist: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreError as error:
+        # Redis is there and said no (out of memory, read-only): the operation failed.
+        print(f"smtp-whitelist: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except StoreUnavailable as error:
         print(f"smtp-whitelist: Redis unreachable ({error})", file=sys.stderr)
         return EXIT_STORE
@@ -240,6 +260,17 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     def reload() -> None:
         notify("RELOADING=1")
         try:
+            apply_new_settings()
+        except Exception:
+            # A bug (bad settings are SettingsError, handled inside): the running settings stay
+            # and the traceback goes to the log, for whoever fixes it.
+            log.exception("SIGHUP: reload failed, keeping the running settings")
+        finally:
+            # Always, or systemd would show the unit "reloading" for ever.
+            notify("READY=1")
+
+    def apply_new_settings() -> None:
+        try:
             new = load_settings(env_file)
         except SettingsError as error:
             problems = error.lines
@@ -269,7 +300,6 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
             )
             if restart:
                 log.warning("SIGHUP: %s changed; they take effect on restart", ", ".join(restart))
-        notify("READY=1")
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
@@ -378,7 +408,8 @@ async def _cmd_add(args: argparse.Namespace, settings: Settings, env: Path | Non
     from ratelimit.grants import Grants
 
     address = _ip(args.ip)
-    user = args.user or os.environ.get("SUDO_USER") or getpass.getuser()
+    actor = _operator()
+    user = args.user or actor
     async with _store(settings) as store:
         try:
             grant, created = await Grants(store, settings).grant(
@@ -389,7 +420,10 @@ async def _cmd_add(args: argparse.Namespace, settings: Settings, env: Path | Non
                 source="cli",
                 ttl=args.ttl,
                 max_per_user=None,
+                actor=actor,
             )
+        except InvalidGrant as error:
+            raise UsageError(str(error)) from None
         except NotReplicated as error:
             print(f"smtp-whitelist: the grant may not have been kept: {error}", file=sys.stderr)
             return EXIT_FAILED
@@ -398,11 +432,16 @@ async def _cmd_add(args: argparse.Namespace, settings: Settings, env: Path | Non
     return EXIT_OK
 
 
+def _operator() -> str:
+    """Who is running the command: the person behind sudo (or doas), else the login name."""
+    return os.environ.get("SUDO_USER") or os.environ.get("DOAS_USER") or getpass.getuser()
+
+
 async def _cmd_remove(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
     from ratelimit.grants import Grants
 
     address = _ip(args.ip)
-    actor = os.environ.get("SUDO_USER") or getpass.getuser()
+    actor = _operator()
     async with _store(settings) as store:
         grant = await Grants(store, settings).revoke(address, source="cli", actor=actor)
     if grant is None:
@@ -504,7 +543,7 @@ async def _cmd_reset(args: argparse.Namespace, settings: Settings, env: Path | N
     from ratelimit.offenders import Offenders
 
     address = _ip(args.ip)
-    actor = os.environ.get("SUDO_USER") or getpass.getuser()
+    actor = _operator()
     async with _store(settings) as store:
         network = Limiter(store, LimitConfig.from_settings(settings)).network_of(address)
         cleared = await Offenders(store).reset(str(address), network, source="cli", actor=actor)

@@ -18,7 +18,7 @@ from ratelimit.limiter import Limiter, Outcome, Verdict
 from ratelimit.limits import format_window
 from ratelimit.metrics import Metrics
 from ratelimit.settings import Settings
-from ratelimit.store import StoreUnavailable
+from ratelimit.store import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,9 @@ class PolicyDecider:
         ):
             mode = "fail-open" if action.upper() in {"DUNNO", "OK"} else "fail-closed"
             log.warning(
-                "store unavailable (%s): answering ON_STORE_ERROR=%s (%s); %d request(s) so far"
+                "store %s (%s): answering ON_STORE_ERROR=%s (%s); %d request(s) so far"
                 " in this outage; latest client=%s stage=%s queue_id=%s",
+                "error" if isinstance(error, StoreError) else "unavailable",
                 error,
                 action,
                 mode,

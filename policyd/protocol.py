@@ -43,7 +43,9 @@ class PolicyRequest:
     def recipient_count(self) -> int:
         """Recipients accepted so far (at DATA: of the message); 0 when absent or not a number."""
         text = self.attributes.get("recipient_count", "")
-        return int(text) if text.isdigit() and len(text) <= 9 else 0
+        # Postfix writes ASCII digits. str.isdigit() also takes "²" and "①" (which int() then
+        # refuses) and "١٢" (which int() reads as 12): neither is a number Postfix sent.
+        return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
 
 
 class RequestParser:

@@ -20,6 +20,7 @@ from typing import cast
 
 from policyd.protocol import PolicyRequest, ProtocolError, RequestParser, encode_reply
 from ratelimit.settings import ListenAddress
+from ratelimit.unix_socket import remove_stale_socket
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ class PolicyServer:
         for address in addresses:
             try:
                 if address.path is not None:
-                    _remove_stale_socket(address.path)
+                    remove_stale_socket(address.path)
                     server = await loop.create_unix_server(
                         lambda: PolicyConnection(self), address.path, backlog=LISTEN_BACKLOG
                     )
@@ -305,18 +306,3 @@ class PolicyServer:
                 os.unlink(path)
         self.unix_paths.clear()
         self.listeners.clear()
-
-
-def _remove_stale_socket(path: str) -> None:
-    """A socket file left by a killed daemon would make bind fail; a live one must not be stolen."""
-    if not os.path.exists(path):
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)  # nobody listens: stale
-    else:
-        raise OSError(98, "another process is listening there")
-    finally:
-        probe.close()

@@ -18,7 +18,8 @@ from ratelimit.store import Store
 AUDIT_MAX_ENTRIES = 100_000
 
 # Entries read per XREVRANGE call while filtering, so a filter over a long stream never makes
-# one huge reply.
+# one huge reply, and each call (with its own STORE_TIMEOUT) stays far below that timeout: a
+# filter over the whole stream (AUDIT_MAX_ENTRIES) is about a hundred such calls.
 READ_CHUNK = 1000
 
 

@@ -20,6 +20,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError
 
 SENTINEL_SCHEME = "redis+sentinel://"
 CLUSTER_SCHEME = "redis+cluster://"
@@ -93,33 +94,44 @@ async def close_client(client: aioredis.Redis | RedisCluster) -> None:
 def build_client(url: str, timeout: float, max_connections: int) -> aioredis.Redis | RedisCluster:
     """The client for ``url``; every connection is made lazily and bounded by ``timeout``.
 
-    Sentinel and Cluster clients are built without redis-py's own retries: a retried call to a
-    master that just died keeps dialing its old address (redis-py issue 3874) and would hold a
-    policy decision past STORE_TIMEOUT. The store's circuit breaker retries instead, by asking
-    again every probe interval, and the next call makes a fresh connection (which asks the
-    sentinels, or the cluster's slot map, anew).
+    A command is retried once, at once, only when its connection turns out closed (a kept
+    connection Redis dropped while idle); never with a backoff: redis-py's retries with
+    ``master_for`` kept dialing a dead master's address for seconds (redis-py issue 3874) and
+    would hold a policy decision past STORE_TIMEOUT. The store's circuit breaker retries
+    instead, by asking again every probe interval, and each new connection asks the sentinels
+    (or the cluster's slot map) anew.
     """
     common: dict[str, Any] = {
-        "socket_timeout": timeout,
+        # No socket timeout: every call is bounded by STORE_TIMEOUT in Store.call() or the
+        # batch's deadline. With one, redis-py writes each command under asyncio.wait_for,
+        # which on Python 3.11 loses a cancellation arriving as the write completes
+        # (CPython gh-86296), so the store's own deadline could expire in silence.
+        "socket_timeout": None,
         "socket_connect_timeout": timeout,
         "decode_responses": False,
     }
+    once_if_closed = Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))
     ha = parse_redis_url(url)
     if ha is None:
         return aioredis.from_url(
             url,
             max_connections=max_connections,
             health_check_interval=0,
+            retry=once_if_closed,
             retry_on_timeout=False,
             **common,
         )
-    no_retry = Retry(NoBackoff(), 0)
     if ha.kind == "sentinel":
         sentinels = Sentinel(  # type: ignore[no-untyped-call]
             list(ha.hosts),
             # The sentinels themselves are asked without credentials (their own requirepass is
-            # not supported); the credentials are the master's.
-            sentinel_kwargs={**common, "retry": no_retry},
+            # not supported); the credentials are the master's. They are asked only while a
+            # connection is made, one after the other: a hung one must not hold up the rest.
+            sentinel_kwargs={
+                "socket_timeout": timeout,
+                "socket_connect_timeout": timeout,
+                "retry": Retry(NoBackoff(), 0),
+            },
         )
         client: aioredis.Redis = sentinels.master_for(
             ha.service,
@@ -127,7 +139,7 @@ def build_client(url: str, timeout: float, max_connections: int) -> aioredis.Red
             username=ha.username,
             password=ha.password,
             max_connections=max_connections,
-            retry=no_retry,
+            retry=once_if_closed,
             **common,
         )
         return client

@@ -22,7 +22,8 @@ from typing import Any
 
 from ratelimit.addresses import IPAddress, client_network
 from ratelimit.audit import AUDIT_MAX_ENTRIES
-from ratelimit.settings import Settings
+from ratelimit.grant_rules import check_grantable
+from ratelimit.settings import MAX_WHITELIST_TTL, Settings
 from ratelimit.store import Script, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -123,29 +124,44 @@ class Grants:
         source: str,
         ttl: int | None = None,
         max_per_user: int | None,
+        actor: str = "",
     ) -> tuple[Grant, bool]:
         """Grant ``ip`` (or refresh it to the full TTL). True when it is a new grant.
 
-        Raises TooManyGrants when ``user`` holds ``max_per_user`` other live grants
-        (None: no cap, the operator's override), and NotReplicated (a StoreUnavailable) when
-        ``GRANT_MIN_REPLICAS`` replicas did not confirm the grant in time.
+        Raises InvalidGrant for a user name or address nobody may grant (whoever asks), and
+        TooManyGrants when ``user`` holds ``max_per_user`` other live grants. None: the
+        operator's override, which has no cap and does not count against the user's.
+        ``actor``: who made the change, when not the user (the operator), for the audit trail.
+        Raises NotReplicated (a StoreUnavailable) when ``GRANT_MIN_REPLICAS`` replicas did not
+        confirm the grant in time.
         """
+        check_grantable(ip, user)
         ttl = self.default_ttl if ttl is None else ttl
+        if not 1 <= ttl <= MAX_WHITELIST_TTL:
+            raise ValueError(f"a grant lasts 1 to {MAX_WHITELIST_TTL} seconds, not {ttl}")
         address = str(ip)
-        claim = await self.store.run_script(
-            _CLAIM, [self.store.keys.user_grants(user)], [address, ttl, max_per_user or 0]
-        )
-        if claim[0] == -1:
-            raise TooManyGrants(int(claim[1]))
+        override = max_per_user is None
+        if not override:
+            # Refreshing one's own grant is always allowed, an override included.
+            current = await self.get(ip)
+            holds = "1" if current is not None and current.user == user else "0"
+            claim = await self.store.run_script(
+                _CLAIM,
+                [self.store.keys.user_grants(user)],
+                [address, ttl, max_per_user or 0, holds],
+            )
+            if claim[0] == -1:
+                raise TooManyGrants(int(claim[1]))
         grant_key, audit_key = self._keys_of(ip)
         reply = await self.store.run_script_confirmed(
             _GRANT,
             [grant_key, audit_key],
-            [address, user, role, status, source, ttl, AUDIT_MAX_ENTRIES],
+            [address, user, role, status, source, ttl, AUDIT_MAX_ENTRIES, actor],
         )
         created, expires_ms, now_ms = (int(x) for x in reply[:3])
         holder = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
-        if holder and holder != user:
+        if holder and (holder != user or override):
+            # The address leaves the previous holder's count (an override never counts).
             await self._unlink(address, holder)
         grant = Grant(
             ip=address,

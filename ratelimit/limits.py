@@ -9,7 +9,8 @@ import re
 from dataclasses import dataclass
 
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_ITEM = re.compile(r"^\s*(\d+)\s*/\s*(\d+)?\s*([smhd])\s*$")
+# [0-9], not \d: \d also matches the digits of other scripts (Arabic-Indic), no one's setting.
+_ITEM = re.compile(r"^\s*([0-9]+)\s*/\s*([0-9]+)?\s*([smhd])\s*$")
 
 # A window longer than a week would keep a busy client's log in Redis for that long; nobody
 # limits a relay client per month, so a bigger value is a typo (e.g. "100/1000d").

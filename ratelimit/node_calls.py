@@ -62,14 +62,11 @@ async def roundtrip(
 
 
 @contextlib.asynccontextmanager
-async def connection_for(
-    client: aioredis.Redis | RedisCluster, key: str, socket_timeout: float
-) -> AsyncIterator[Any]:
+async def connection_for(client: aioredis.Redis | RedisCluster, key: str) -> AsyncIterator[Any]:
     """A connection to the node that holds ``key`` (the only node, unless a cluster), lent for
-    one exchange. The caller bounds the exchange by its own deadline, so the socket timeout is
-    lifted meanwhile (``WAIT`` may take longer than STORE_TIMEOUT); it is put back to
-    ``socket_timeout`` before the connection returns to its pool. On any failure the connection
-    is closed first.
+    one exchange. The caller bounds the exchange by its own deadline, so any socket timeout is
+    lifted meanwhile (``WAIT`` may take longer than STORE_TIMEOUT) and put back before the
+    connection returns to its pool. On any failure the connection is closed first.
     """
     node: ClusterNode | None = None
     if isinstance(client, RedisCluster):
@@ -80,7 +77,7 @@ async def connection_for(
         connection = node.acquire_connection()
     else:
         connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-    connection.socket_timeout = None
+    socket_timeout, connection.socket_timeout = connection.socket_timeout, None
     try:
         yield connection
     except BaseException:
@@ -95,7 +92,7 @@ async def connection_for(
 
 
 async def execute_on_nodes(
-    client: RedisCluster, commands: Sequence[tuple[str, Command]], socket_timeout: float
+    client: RedisCluster, commands: Sequence[tuple[str, Command]]
 ) -> list[Any]:
     """Run ``(key, command)`` pairs on a cluster: one write per node that holds any of the keys,
     all nodes at once. Replies come back in the commands' order.
@@ -117,9 +114,7 @@ async def execute_on_nodes(
 
     async def on_node(indices: list[int]) -> None:
         try:
-            async with connection_for(
-                client, commands[indices[0]][0], socket_timeout
-            ) as connection:
+            async with connection_for(client, commands[indices[0]][0]) as connection:
                 answers = await roundtrip(connection, [commands[i][1] for i in indices])
         except (ConnectionError, OSError, TimeoutError) as error:
             answers = [error] * len(indices)

@@ -18,8 +18,10 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ratelimit.actions import check_action
 from ratelimit.addresses import IPNetwork, parse_networks
 from ratelimit.connections import parse_redis_url
+from ratelimit.env_file import env_file_problems
 from ratelimit.limits import Limit, parse_limits
 
 ENV_PREFIX = "SMTP_WHITELIST_"
@@ -33,6 +35,10 @@ DEFAULT_LIMIT_REPLY = (
     " To send more for the next 60 minutes, register this computer at the campus portal"
     " (SMTP White IP List)."
 )
+
+# The longest grant, by WHITELIST_TTL or `add --ttl`: a week covers any operator's override,
+# and a longer one is a typo (and beyond what Redis takes as an expiry in ms, an error).
+MAX_WHITELIST_TTL = 7 * 86400
 
 _KEY_PREFIX = re.compile(r"^[A-Za-z0-9_:.\-]{1,32}$")
 
@@ -74,7 +80,7 @@ def parse_listen(text: str) -> tuple[ListenAddress, ...]:
                 raise ValueError(f"{item!r}: a UNIX socket path must be absolute")
             found.append(ListenAddress(None, None, path))
             continue
-        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", item)
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})", item)
         if match is None:
             raise ValueError(f"{item!r} is not host:port, [v6addr]:port or unix:/path")
         host = match.group(1) or match.group(3)
@@ -111,7 +117,9 @@ def _check_action(value: str, name: str) -> str:
         raise ValueError(f"{name} must not be empty")
     if any(ch in value for ch in "\r\n\0"):
         raise ValueError(f"{name} must be one line")
-    return value.strip()
+    value = value.strip()
+    check_action(value)
+    return value
 
 
 class Settings(BaseSettings):
@@ -131,7 +139,7 @@ class Settings(BaseSettings):
     policy_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = parse_listen("127.0.0.1:10031")
     webhook_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = parse_listen("127.0.0.1:10032")
     webhook_secret: SecretStr | None = None
-    whitelist_ttl: int = Field(3600, ge=1, le=7 * 86400)
+    whitelist_ttl: int = Field(3600, ge=1, le=MAX_WHITELIST_TTL)
     message_limits: Annotated[tuple[Limit, ...], NoDecode] = parse_limits("100/1h")
     recipient_limits: Annotated[tuple[Limit, ...], NoDecode] = parse_limits("1000/1h")
     ipv4_prefix: int = Field(32, ge=8, le=32)
@@ -212,7 +220,7 @@ class Settings(BaseSettings):
             if not item:
                 continue
             host, port = item, 53
-            match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", item)
+            match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([0-9.]+):([0-9]{1,5})", item)
             if match:
                 host = match.group(1) or match.group(3)
                 port = int(match.group(2) or match.group(4))
@@ -293,9 +301,11 @@ def load_settings(env_file: Path | None) -> Settings:
         if not env_file.is_file():
             raise SettingsError([f"--env-file {env_file}: no such file"])
         try:
-            env_file.read_bytes()
+            problems = env_file_problems(env_file)
         except OSError as error:
             raise SettingsError([f"--env-file {env_file}: {error.strerror}"]) from None
+        if problems:
+            raise SettingsError(problems)
     lines = _unknown_names(env_file)
     try:
         settings = Settings(_env_file=env_file)

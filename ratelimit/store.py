@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError, NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ratelimit.connections import build_client, close_client
 from ratelimit.node_calls import Command, connection_for, execute_on_nodes, roundtrip
@@ -45,8 +46,28 @@ BREAKER_THRESHOLD = 3
 BREAKER_PROBE_INTERVAL = 0.5
 
 
+# A kept connection that Redis has closed (its idle `timeout`, a restart, a NAT or firewall that
+# forgets idle flows) is only found out when a command is written on it, and says nothing about
+# Redis itself. Such a call is tried once more, on a fresh connection, within the same
+# STORE_TIMEOUT. A timeout is never retried: Redis is slow or gone, and the deadline is spent.
+STALE_CONNECTION_ERRORS = (RedisConnectionError, ConnectionError)
+
+
+class _Stale(Exception):
+    """A batch failed on a connection that had served before, with no reply read from it."""
+
+
 class StoreUnavailable(Exception):
     """Redis failed, timed out, or is known to be down (circuit open)."""
+
+
+class StoreError(StoreUnavailable):
+    """Redis answered, with an error (out of memory, a read-only replica, a refused argument).
+
+    Redis is reachable, so this is no outage: the circuit stays closed and the CLI says "Redis
+    answered an error", not "unreachable". It is a StoreUnavailable all the same, because for a
+    decision or a grant the outcome is the same: the call did not happen.
+    """
 
 
 class NotReplicated(StoreUnavailable):
@@ -244,6 +265,9 @@ class Store:
         try:
             async with asyncio.timeout(self.timeout):
                 result = await operation()
+        except ResponseError as error:
+            self.breaker.succeeded()  # it answered: reachable
+            raise StoreError(f"Redis answered an error: {_describe(error)}") from error
         except (RedisError, OSError, TimeoutError) as error:
             self.breaker.failed(_describe(error))
             raise StoreUnavailable(_describe(error)) from error
@@ -264,7 +288,7 @@ class Store:
             # redis-py 8.1's cluster client breaks its connections on the SCRIPT LOAD that
             # follows a NOSCRIPT ("attached to a different loop"), so on a cluster the script
             # runs on a connection lent by the key's node, loaded there when missing.
-            async with connection_for(self.client, keys[0], self.timeout) as connection:
+            async with connection_for(self.client, keys[0]) as connection:
                 result, _ = await script_then(connection, script, keys, args, None)
             if isinstance(result, Exception):
                 raise result
@@ -285,7 +309,7 @@ class Store:
         wait = ("WAIT", self.min_replicas, max(1, round(self.timeout * 1000)))
 
         async def run() -> tuple[Any, Any]:
-            async with connection_for(self.client, keys[0], self.timeout) as connection:
+            async with connection_for(self.client, keys[0]) as connection:
                 return await script_then(connection, script, keys, args, wait)
 
         self.breaker.check()
@@ -297,7 +321,7 @@ class Store:
             raise StoreUnavailable(_describe(error)) from error
         self.breaker.succeeded()
         if isinstance(result, Exception):
-            raise StoreUnavailable(_describe(result))
+            raise StoreError(f"Redis answered an error: {_describe(result)}")
         if isinstance(acked, Exception) or int(acked) < self.min_replicas:
             confirmed = 0 if isinstance(acked, Exception) else int(acked)
             raise NotReplicated(
@@ -349,7 +373,11 @@ class Store:
     async def _flush(self, batch: list[_Pending], deadline: float) -> None:
         try:
             async with asyncio.timeout_at(deadline):
-                results = await self._execute(batch)
+                try:
+                    results = await self._execute(batch)
+                except _Stale as stale:
+                    log.debug("Redis connection found closed (%s); trying once more", stale)
+                    results = await self._execute(batch)
                 missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
                 if missing:
                     # Redis restarted and lost its script cache: load once, run those again.
@@ -374,7 +402,9 @@ class Store:
         for (*_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
-            if isinstance(result, Exception):
+            if isinstance(result, ResponseError):
+                future.set_exception(StoreError(f"Redis answered an error: {_describe(result)}"))
+            elif isinstance(result, Exception):  # on a cluster: the node of this decision failed
                 future.set_exception(StoreUnavailable(_describe(result)))
             else:
                 future.set_result(result)
@@ -391,26 +421,30 @@ class Store:
             return await self._execute_on_cluster(batch)
         pool = self.client.connection_pool
         connection = self._connection
+        kept = connection is not None
         if connection is None:
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-            # The batch's own deadline bounds every read; without a socket timeout redis-py
-            # does not arm (and disarm) a timer for every reply as well.
-            connection.socket_timeout = None
+            # The batch's own deadline bounds every read (the pool sets no socket timeout).
             self._connection = connection
+        results: list[Any] = []
         try:
-            results = await roundtrip(
+            await roundtrip(
                 connection,
                 [
                     ("EVALSHA", script.sha, len(keys), *keys, *args)
                     for script, keys, args, _ in batch
                 ],
+                results,
             )
-        except BaseException:
+        except BaseException as error:
             # Replies may still be on their way: this connection can never be trusted again.
             self._connection = None
             await connection.disconnect(nowait=True)
-            connection.socket_timeout = self.timeout
             await pool.release(connection)
+            if kept and not results and isinstance(error, STALE_CONNECTION_ERRORS):
+                # Found closed before any reply: the connection died while idle (before the batch
+                # reached a running Redis), so a second try cannot count a message twice.
+                raise _Stale(_describe(error)) from error
             raise
         return results
 
@@ -426,9 +460,10 @@ class Store:
                 (keys[0], ("EVALSHA", script.sha, len(keys), *keys, *args))
                 for script, keys, args, _ in batch
             ],
-            self.timeout,
         )
-        failed = [r for r in replies if isinstance(r, ConnectionError | OSError | TimeoutError)]
+        failed = [
+            r for r in replies if isinstance(r, RedisConnectionError | OSError | TimeoutError)
+        ]
         if failed and (self._slot_reloader is None or self._slot_reloader.done()):
             self._slot_reloader = asyncio.get_running_loop().create_task(self._reload_slots())
         if failed and len(failed) == len(replies):
@@ -451,7 +486,6 @@ class Store:
 
     async def aclose(self) -> None:
         if self._connection is not None and not isinstance(self.client, RedisCluster):
-            self._connection.socket_timeout = self.timeout
             await self.client.connection_pool.release(self._connection)
             self._connection = None
         await self.breaker.aclose()

@@ -157,6 +157,17 @@ class PolicyClient:
             await self.writer.wait_closed()
 
 
+async def assert_second_message_limited(address: ListenAddress, ip: str, reply: str) -> None:
+    """Under a 1/1h message limit: ``ip``'s first message passes, its second gets ``reply``."""
+    client = await PolicyClient.connect(address)
+    try:
+        assert await client.ask(protocol_state="DATA", client_address=ip) == "DUNNO"
+        limited = reply.format(ip=ip, limit="1 messages", window="1h")
+        assert await client.ask(protocol_state="DATA", client_address=ip) == limited
+    finally:
+        await client.aclose()
+
+
 async def ask_once(address: ListenAddress, **attributes: str) -> str:
     """One connection, one request, one answer."""
     client = await PolicyClient.connect(address)

@@ -26,7 +26,7 @@ from ratelimit.grants import Grant, Grants, TooManyGrants
 from ratelimit.metrics import Metrics
 from ratelimit.nonces import NonceLedger
 from ratelimit.settings import Settings
-from ratelimit.store import NotReplicated, Store, StoreUnavailable
+from ratelimit.store import NotReplicated, Store, StoreError, StoreUnavailable
 from webhook import auth, rules
 from webhook.models import BadRequest, error_body, parse_grant_request
 from webhook.registered_name import DnsError, DnsTimeout, NoRegisteredName, RegisteredNameChecker
@@ -50,6 +50,12 @@ RETRY_AFTER = "5"
 
 SOURCE = "webhook"
 JSON = "application/json"
+# RFC 8259 §8.1: JSON between systems is UTF-8, so a charset parameter may only say so. Charset
+# names are case-insensitive (RFC 9110 §8.3.2; Java clients send "UTF-8"); "utf8" is not a
+# registered name, but clients send it and it cannot mean anything else.
+UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
+# At most this much of text that is not an address is copied into a log line (escaped).
+MAX_SHOWN_TEXT = 64
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -65,13 +71,47 @@ _HTTP_CODES = {
 
 
 class ApiError(Exception):
-    """An answer other than success: status, machine-readable code, and a human detail."""
+    """An answer other than success: status, machine-readable code, and a human detail.
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    Every 4xx ApiError is logged once, by the error middleware, at ``level`` (INFO; auth
+    failures and replays WARNING), so a helpdesk can answer "why could I not register?".
+    """
+
+    def __init__(self, status: int, code: str, detail: str, level: int = logging.INFO) -> None:
         super().__init__(f"{status} {code}: {detail}")
         self.status = status
         self.code = code
         self.detail = detail
+        self.level = level
+
+
+# Request keys under which the handlers leave who and what a refusal was about, for its log line.
+_USER = web.RequestKey("refusal_user", str)
+_ADDRESS = web.RequestKey("refusal_address", str)
+
+
+def _shown_address(text: str) -> str:
+    """An address for a log line: normalised when it is one, else its printable escape."""
+    address = rules.parse_address(text)
+    return str(address) if address is not None else ascii(text[:MAX_SHOWN_TEXT])
+
+
+def _log_refusal(request: web.Request, error: ApiError) -> None:
+    address = request.get(_ADDRESS) or (
+        _shown_address(request.match_info["ip"]) if "ip" in request.match_info else "-"
+    )
+    log.log(
+        error.level,
+        "webhook refused %s %s from %s: %d %s user=%s ip=%s (%s)",
+        request.method,
+        request.path,
+        request.remote,
+        error.status,
+        error.code,
+        request.get(_USER, "-"),
+        address,
+        error.detail,
+    )
 
 
 def error_response(
@@ -90,7 +130,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as error:
+        if error.status < 500:
+            _log_refusal(request, error)
         return error_response(error.status, error.code, error.detail)
+    except StoreError as error:
+        # Reachable, but it refused (out of memory, read-only): still nothing was granted.
+        log.warning("webhook %s %s: %s", request.method, request.path, error)
+        return error_response(503, "store_unavailable", "the grant store (Redis) answered an error")
     except StoreUnavailable as error:
         log.warning("webhook %s %s: Redis unavailable (%s)", request.method, request.path, error)
         return error_response(503, "store_unavailable", "the grant store (Redis) is unavailable")
@@ -192,22 +238,20 @@ class Webhook:
     async def create(self, request: web.Request) -> web.Response:
         """``POST /v1/whitelist``: apply the campus rules, then grant or refresh."""
         body = await self._authenticate(request)
-        if request.content_type != JSON or request.charset not in (None, "utf-8"):
-            # RFC 8259 §8.1: JSON between systems is UTF-8; any other charset is a portal bug.
-            raise ApiError(415, "unsupported_media_type", f"Content-Type must be {JSON}")
+        charset = request.charset
+        if request.content_type != JSON or (
+            charset is not None and charset.lower() not in UTF8_CHARSETS
+        ):
+            raise ApiError(415, "unsupported_media_type", f"Content-Type must be {JSON} (UTF-8)")
         try:
             wanted = parse_grant_request(body)
         except BadRequest as error:
             raise ApiError(400, "bad_request", error.detail) from None
+        request[_USER] = wanted.user
+        request[_ADDRESS] = _shown_address(wanted.ip)
         try:
             rules.check_eligible(wanted.role, wanted.status, self.settings.eligible)
         except rules.NotEligible as error:
-            log.info(
-                "webhook refused user=%s role=%s status=%s: not eligible",
-                wanted.user,
-                wanted.role,
-                wanted.status,
-            )
             self._count_grant("refused")
             raise ApiError(403, "not_eligible", str(error)) from None
         try:
@@ -218,7 +262,6 @@ class Webhook:
         try:
             name = await self.resolver.check(ip)
         except NoRegisteredName as error:
-            log.info("webhook refused ip=%s user=%s: %s", ip, wanted.user, error)
             self._count_grant("refused")
             raise ApiError(422, "no_registered_name", str(error)) from None
         except DnsTimeout as error:
@@ -243,7 +286,6 @@ class Webhook:
                 503, "store_unavailable", f"the grant may not have been kept: {error}"
             ) from None
         except TooManyGrants as error:
-            log.info("webhook refused ip=%s user=%s: holds %d grants", ip, wanted.user, error.held)
             self._count_grant("refused")
             raise ApiError(
                 429,
@@ -297,7 +339,7 @@ class Webhook:
         for name in (auth.TIMESTAMP_HEADER, auth.NONCE_HEADER, auth.SIGNATURE_HEADER):
             found = headers.getall(name, [])
             if len(found) > 1:
-                raise self._unauthorized(request, f"{name} given more than once")
+                raise _unauthorized(f"{name} given more than once")
             values[name] = found[0] if found else None
         try:
             signed = auth.verify(
@@ -311,30 +353,16 @@ class Webhook:
                 now=self.clock(),
             )
         except auth.AuthError as error:
-            raise self._unauthorized(request, error.detail) from None
+            raise _unauthorized(error.detail) from None
         # Only now, with a valid signature, may the request write to Redis.
         if not await self.nonces.claim(signed.nonce, auth.NONCE_TTL):
-            log.warning(
-                "webhook %s %s from %s: nonce replayed",
-                request.method,
-                request.path,
-                request.remote,
-            )
             raise ApiError(
-                409, "replayed", f"this X-Nonce was used within the last {auth.NONCE_TTL} s"
+                409,
+                "replayed",
+                f"this X-Nonce was used within the last {auth.NONCE_TTL} s",
+                logging.WARNING,
             )
         return body
-
-    @staticmethod
-    def _unauthorized(request: web.Request, detail: str) -> ApiError:
-        log.warning(
-            "webhook %s %s from %s: unauthorized (%s)",
-            request.method,
-            request.path,
-            request.remote,
-            detail,
-        )
-        return ApiError(401, "unauthorized", detail)
 
     def _valid_ip(self, text: str) -> IPAddress:
         try:
@@ -353,6 +381,10 @@ class Webhook:
         if ip is None:
             raise ApiError(422, "invalid_ip", "not an IPv4 or IPv6 address")
         return ip
+
+
+def _unauthorized(detail: str) -> ApiError:
+    return ApiError(401, "unauthorized", detail, logging.WARNING)
 
 
 def _log_removal(grant: Grant) -> None:

@@ -11,12 +11,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
+from ratelimit.grant_rules import USER_PATTERN  # the one rule for user names, every entry point
+
 # The longest textual IPv6 address is 45 characters (e.g. ffff:...:255.255.255.255); a little
 # room on top, and anything longer is not an address worth parsing.
 MAX_IP_TEXT = 64
-# Campus account names are short; 64 characters of this alphabet also cover an e-mail address
-# used as a login. Nothing else may reach a Redis key or a log line.
-USER_PATTERN = r"^[A-Za-z0-9._@-]{1,64}$"
 # Role and status are matched against ELIGIBLE; a value outside this alphabet could never be
 # eligible, and refusing it keeps control characters out of the logs and the audit trail.
 WORD_PATTERN = r"^[A-Za-z0-9._-]{1,32}$"

@@ -6,14 +6,10 @@ rule (a registered name) is in :mod:`webhook.registered_name` because it does I/
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Collection, Iterable
 
 from ratelimit.addresses import IPAddress, IPNetwork, in_networks, parse_ip
-
-# RFC 1122 §3.2.1.3: 0.0.0.0/8 means "this host on this network" and is never a source address.
-# Python's ipaddress only flags 0.0.0.0 itself as unspecified.
-_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+from ratelimit.grant_rules import unicast_problem
 
 
 class NotEligible(Exception):
@@ -43,24 +39,6 @@ def parse_address(text: str) -> IPAddress | None:
     if text != text.strip():
         return None
     return parse_ip(text)
-
-
-def unicast_problem(address: IPAddress) -> str | None:
-    """Why ``address`` cannot be one computer's source address, or ``None`` when it can."""
-    if address.is_unspecified or (address.version == 4 and address in _THIS_NETWORK):
-        return "an unspecified address"
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_multicast:
-        return "a multicast address"
-    if address.is_link_local:
-        return "a link-local address"
-    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
-        return "a site-local address (deprecated by RFC 3879)"
-    if address.is_reserved:
-        # Includes 240.0.0.0/4 and the limited broadcast 255.255.255.255.
-        return "a reserved address"
-    return None
 
 
 def check_ip(text: str, allowed_networks: Iterable[IPNetwork]) -> IPAddress:

@@ -8,16 +8,13 @@ and on shutdown ``await runner.cleanup()``: the sites stop accepting, requests i
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
-import os
-import socket
-import stat
 from collections.abc import Sequence
 
 from aiohttp import web
 
 from ratelimit.settings import ListenAddress
+from ratelimit.unix_socket import remove_stale_socket
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +56,7 @@ async def start_webhook(app: web.Application, addresses: Sequence[ListenAddress]
         # A socket file left behind looks like a running webhook to whoever checks the path.
         for path in sockets:
             with contextlib.suppress(OSError):
-                _remove_stale_socket(path)
+                remove_stale_socket(path)
 
     # Registered before setup(), which freezes the application's signals.
     app.on_cleanup.append(remove_sockets)
@@ -68,7 +65,7 @@ async def start_webhook(app: web.Application, addresses: Sequence[ListenAddress]
         for address in addresses:
             site: web.BaseSite
             if address.path is not None:
-                _remove_stale_socket(address.path)
+                remove_stale_socket(address.path)
                 site = web.UnixSite(runner, address.path)
                 await site.start()
                 sockets.append(address.path)
@@ -89,23 +86,3 @@ def bound_ports(runner: web.AppRunner) -> list[tuple[str, int]]:
         if isinstance(address, tuple) and len(address) >= 2:
             found.append((str(address[0]), int(address[1])))
     return found
-
-
-def _remove_stale_socket(path: str) -> None:
-    """A UNIX socket left by a crashed run would make the bind fail; anything else is kept.
-
-    A socket someone still listens on is not stolen: that is a second webhook started by mistake.
-    """
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise OSError(f"{path} exists and is not a socket; not replacing it")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # nobody listens: left over from a run that did not clean up
-            return
-    raise OSError(errno.EADDRINUSE, f"{path} is in use by a running server")

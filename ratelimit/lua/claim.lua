@@ -3,7 +3,8 @@
 -- allowed; a new one must fit under the cap.
 --
 -- KEYS[1] the user's grant index (sorted set: address -> expiry ms)
--- ARGV: ip, ttl (s), cap (0 = none)
+-- ARGV: ip, ttl (s), cap (0 = none), "1" when the user holds the address' grant now (an
+--       operator's override for them, which their index does not list)
 -- Returns {1, held} when the place is held (the index now lists ip), {-1, held} over the cap.
 
 local function int(x) return string.format('%d', x) end
@@ -15,7 +16,7 @@ local ip, ttl, cap = ARGV[1], tonumber(ARGV[2]) * 1000, tonumber(ARGV[3])
 -- The index may list grants that have since expired; they no longer count against the cap.
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', int(now))
 local held = redis.call('ZCARD', KEYS[1])
-if not redis.call('ZSCORE', KEYS[1], ip) and cap > 0 and held >= cap then
+if ARGV[4] ~= '1' and not redis.call('ZSCORE', KEYS[1], ip) and cap > 0 and held >= cap then
   return {-1, held}
 end
 redis.call('ZADD', KEYS[1], int(now + ttl), ip)

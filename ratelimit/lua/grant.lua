@@ -1,10 +1,13 @@
 -- Grant (or refresh) an address, atomically with its audit record. The per-user cap was checked
 -- just before by claim.lua, in the user's own slot (on a Redis Cluster a user's grants span
--- many slots, so the cap cannot be checked in this one).
+-- many slots, so the cap cannot be checked in this one); an operator's override skips it, and
+-- is not indexed under the user, so it does not count against the user's cap.
 --
 -- KEYS[1] the grant key of the address, KEYS[2] the audit stream of its network
--- ARGV: ip, user, role, status, source, ttl (s), audit max length
--- Returns {1 new | 0 refreshed, expires_at ms, now ms, previous holder or ""}.
+-- ARGV: ip, user, role, status, source, ttl (s), audit max length,
+--       actor (who made the change when not the user; may be empty)
+-- Returns {1 new | 0 refreshed, expires_at ms, now ms, previous holder or ""}: the caller
+-- unlinks the address from the previous holder's index.
 
 local function int(x) return string.format('%d', x) end
 
@@ -26,5 +29,5 @@ local created = (holder ~= user) and 1 or 0
 local event = (created == 1) and 'grant' or 'refresh'
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'event', event, 'ip', ip,
            'user', user, 'role', role, 'status', status, 'source', source,
-           'expires_at', int(expires))
+           'actor', ARGV[8], 'expires_at', int(expires))
 return {created, expires, now, holder}
