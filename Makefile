@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ENV_FILE ?= dev.env
 
-.PHONY: run test lint types unit bench clean
+.PHONY: run test lint types unit bench screenshots clean catalogs
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,21 @@ unit: $(BIN)/.installed
 
 test: lint types unit
 
+# The self-service page's screenshots in docs/screenshots/ (shown in the README), taken anew by
+# the real-browser tests; `make test` takes them too, but into a temporary folder.
+screenshots: $(BIN)/.installed
+	SCREENSHOT_DIR=$(abspath docs/screenshots) $(BIN)/pytest -q tests/test_page_browser.py
+
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.run
+
+# The page's message catalogs: extract the templates' texts, merge them into each .po (edit the
+# .po to translate), compile the .mo that ships (committed, so an install needs no build step).
+PAGE_LOCALE := webhook/page/locale
+catalogs: $(BIN)/.installed
+	$(BIN)/pybabel extract -F webhook/page/babel.cfg --no-location --omit-header -o $(PAGE_LOCALE)/messages.pot .
+	$(BIN)/pybabel update -i $(PAGE_LOCALE)/messages.pot -d $(PAGE_LOCALE) -D messages --no-fuzzy-matching --width=100 --ignore-obsolete
+	$(BIN)/pybabel compile -d $(PAGE_LOCALE) -D messages --statistics
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     limited = sub.add_parser("limited", help="clients refused right now (= top --now)")
     limited.add_argument("--last", type=_positive_int, default=20, help="clients (default 20)")
     limited.add_argument("--json", action="store_true")
+
+    handoff = sub.add_parser(
+        "handoff-url", help="print a signed hand-off URL to the self-service page"
+    )
+    for name in ("user", "role", "status", "ip"):
+        handoff.add_argument(f"--{name}", required=True)
+    handoff.add_argument("--base", help="the page's URL, ending in /apply (default: PAGE_URL)")
     return parser
 
 
@@ -701,6 +708,29 @@ async def _cmd_check(args: argparse.Namespace, settings: Settings, env: Path | N
     return EXIT_OK
 
 
+async def _cmd_handoff_url(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    import time
+
+    from webhook.page.handoff import handoff_url
+
+    if settings.handoff_secret is None:
+        raise UsageError("SMTP_WHITELIST_HANDOFF_SECRET: required to sign a hand-off URL")
+    base = args.base or settings.page_url
+    if not base:
+        raise UsageError("--base: give the page's URL, or set SMTP_WHITELIST_PAGE_URL")
+    url = handoff_url(
+        base,
+        settings.handoff_secret.get_secret_value(),
+        user=args.user,
+        role=args.role,
+        status=args.status,
+        ip=args.ip,
+        ts=int(time.time()),
+    )
+    print(url)
+    return EXIT_OK
+
+
 class _store:
     """``async with _store(settings) as store``: a store for one CLI command, closed after."""
 
@@ -734,4 +764,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Path | None], Awaita
     "reset": _cmd_reset,
     "top": _cmd_top,
     "limited": _cmd_limited,
+    "handoff-url": _cmd_handoff_url,
 }

@@ -46,7 +46,11 @@ class Replies:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Replies:
-        return cls(settings.limit_reply, settings.on_store_error)
+        # {page} is known at start-up (PAGE_URL, validated free of braces); filling it in here
+        # leaves only {ip}, {limit} and {window} for each decision.
+        return cls(
+            settings.limit_reply.replace("{page}", settings.page_url), settings.on_store_error
+        )
 
 
 class StageObserver(Protocol):

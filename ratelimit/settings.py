@@ -163,6 +163,14 @@ class Settings(BaseSettings):
     # Empty: no metrics listener (and nothing counted for it).
     metrics_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = ()
     offender_threshold: int = Field(50, ge=1, le=1_000_000)
+    # The self-service page (webhook/page); off while HANDOFF_SECRET is empty.
+    handoff_secret: SecretStr | None = None
+    # The login system's hand-off link is followed at once; two minutes is the campus' own rule.
+    handoff_max_age: int = Field(120, ge=10, le=3600)
+    session_idle: int = Field(600, ge=10, le=86400)
+    session_max_age: int = Field(1800, ge=10, le=7 * 86400)
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+    page_url: str = ""
     # A replica count above a handful is no deployment's; WAIT for more would only time out.
     grant_min_replicas: int = Field(0, ge=0, le=16)
 
@@ -199,7 +207,7 @@ class Settings(BaseSettings):
     def _limits(cls, value: object) -> object:
         return parse_limits(value) if isinstance(value, str) else value
 
-    @field_validator("exempt_networks", "allowed_networks", mode="before")
+    @field_validator("exempt_networks", "allowed_networks", "trusted_proxies", mode="before")
     @classmethod
     def _networks(cls, value: object) -> object:
         return parse_networks(value) if isinstance(value, str) else value
@@ -233,7 +241,23 @@ class Settings(BaseSettings):
             servers.append((host, port))
         return tuple(servers)
 
-    @field_validator("webhook_secret")
+    @field_validator("handoff_secret", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        # INTERFACE.md: an empty HANDOFF_SECRET turns the page off rather than being too short.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("page_url")
+    @classmethod
+    def _page_url(cls, value: str) -> str:
+        value = value.strip()
+        # Braces would be read as placeholders when {page} is filled into LIMIT_REPLY, and a
+        # space or a query would not survive inside an SMTP reply or the hand-off URL.
+        if value and not re.fullmatch(r"https?://[^\s{}?#]+", value):
+            raise ValueError("must be an http:// or https:// URL without spaces, braces or query")
+        return value.rstrip("/")
+
+    @field_validator("webhook_secret", "handoff_secret")
     @classmethod
     def _secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
@@ -253,10 +277,10 @@ class Settings(BaseSettings):
     def _limit_reply(cls, value: str) -> str:
         value = _check_action(value, "the reply")
         try:
-            value.format(ip="192.0.2.1", limit="100 messages", window="1h")
+            value.format(ip="192.0.2.1", limit="100 messages", window="1h", page="https://x/apply")
         except (KeyError, IndexError, ValueError) as error:
             raise ValueError(
-                f"only {{ip}}, {{limit}} and {{window}} may be filled in ({error!s})"
+                f"only {{ip}}, {{limit}}, {{window}} and {{page}} may be filled in ({error!s})"
             ) from None
         return value
 

@@ -330,6 +330,12 @@ class Store:
             )
         return result
 
+    def pipeline(self) -> Any:
+        """Commands sent together: a MULTI/EXEC transaction on one Redis; on a cluster a plain
+        pipeline (each command atomic on its own), as redis-py 8.1's cluster transactions were
+        seen to break the client's connections for the calls after them."""
+        return self.client.pipeline(transaction=not self.cluster)
+
     async def scan_keys(self, pattern: str, count: int = 1000) -> list[bytes]:
         """Every key matching ``pattern``, by SCAN (never KEYS); on a cluster, on every master.
         Call it inside :meth:`call`."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from tests.policy_helpers import (
     run_cli,
 )
 from tests.redis_ha import Cluster
+from webhook.page.handoff import Handoff
+from webhook.page.session import PageSessions
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +203,29 @@ async def decide_all(limiter: Limiter, addresses: list[IPAddress]) -> list[Any]:
     return await asyncio.gather(
         *(limiter.count_message(a, 1) for a in addresses), return_exceptions=True
     )
+
+
+async def test_page_sessions_work_on_a_cluster(redis_cluster: Cluster) -> None:
+    settings = make_settings(redis_cluster.url, key_prefix="pagecl:")
+    store = Store.from_settings(settings)
+    sessions = PageSessions(store, max_age=1800)
+    try:
+        handoff = Handoff(
+            user="dave", role="staff", status="normal", ip="192.0.2.9", ts=0, sig="ab"
+        )
+        assert await sessions.claim_handoff(handoff, 60)
+        assert not await sessions.claim_handoff(handoff, 60)
+        now = time.time()  # the session's key expires relative to it
+        session = await sessions.create(handoff, now)
+        code = await sessions.show(session, now + 1)
+        assert await sessions.peek_code(session.id) == code
+        assert await sessions.take_code(session, now + 2) == code
+        assert await sessions.take_code(session, now + 3) is None  # single use
+        assert await sessions.count_wrong(session) == 1
+        loaded = await sessions.load(session.id)
+        assert loaded is not None
+        assert (loaded.user, loaded.seen, loaded.wrong) == ("dave", now + 3, 1)
+        await sessions.end(session.id)
+        assert await sessions.load(session.id) is None
+    finally:
+        await store.aclose()

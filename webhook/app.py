@@ -7,6 +7,8 @@ A ``POST /v1/whitelist`` goes through, in this order, each step answering on its
 body size (413) → signature and timestamp (401) → nonce (409) → Content-Type (415) → JSON body
 (400) → eligibility (403) → IP validity (422 ``invalid_ip``) → allowed networks (422
 ``ip_not_allowed``) → registered name in DNS (422 / 502 / 504) → grant (429 / 201 / 200).
+The steps from eligibility on are :func:`webhook.granting.grant_by_rules`, which the
+self-service page (:mod:`webhook.page`) goes through too.
 Redis failing anywhere is 503 ``store_unavailable``. Every error, aiohttp's own 404/405/413
 included, is JSON ``{"error": CODE, "detail": TEXT}``.
 """
@@ -22,14 +24,16 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from ratelimit.addresses import IPAddress
-from ratelimit.grants import Grant, Grants, TooManyGrants
+from ratelimit.grants import Grant, Grants
 from ratelimit.metrics import Metrics
 from ratelimit.nonces import NonceLedger
 from ratelimit.settings import Settings
 from ratelimit.store import NotReplicated, Store, StoreError, StoreUnavailable
-from webhook import auth, rules
+from webhook import auth, granting, rules
 from webhook.models import BadRequest, error_body, parse_grant_request
-from webhook.registered_name import DnsError, DnsTimeout, NoRegisteredName, RegisteredNameChecker
+from webhook.page import views as page
+from webhook.page.session import PageSessions
+from webhook.registered_name import RegisteredNameChecker
 
 log = logging.getLogger(__name__)
 
@@ -250,59 +254,29 @@ class Webhook:
         request[_USER] = wanted.user
         request[_ADDRESS] = _shown_address(wanted.ip)
         try:
-            rules.check_eligible(wanted.role, wanted.status, self.settings.eligible)
-        except rules.NotEligible as error:
-            self._count_grant("refused")
-            raise ApiError(403, "not_eligible", str(error)) from None
-        try:
-            ip = self._valid_ip(wanted.ip)
-        except ApiError:
-            self._count_grant("refused")
-            raise
-        try:
-            name = await self.resolver.check(ip)
-        except NoRegisteredName as error:
-            self._count_grant("refused")
-            raise ApiError(422, "no_registered_name", str(error)) from None
-        except DnsTimeout as error:
-            log.warning("webhook ip=%s user=%s: DNS timeout (%s)", ip, wanted.user, error)
-            raise ApiError(504, "dns_timeout", str(error)) from None
-        except DnsError as error:
-            log.warning("webhook ip=%s user=%s: DNS failure (%s)", ip, wanted.user, error)
-            raise ApiError(502, "dns_error", str(error)) from None
-        try:
-            grant, created = await self.grants.grant(
-                ip,
+            grant, created = await granting.grant_by_rules(
+                self.settings,
+                self.resolver,
+                self.grants,
+                ip=wanted.ip,
                 user=wanted.user,
                 role=wanted.role,
                 status=wanted.status,
                 source=SOURCE,
-                max_per_user=self.settings.max_grants_per_user,
+                log=log,
             )
         except NotReplicated as error:
             # GRANT_MIN_REPLICAS: written on the master, but a failover now could lose it.
-            log.warning("webhook ip=%s user=%s: grant not confirmed (%s)", ip, wanted.user, error)
+            log.warning(
+                "webhook ip=%s user=%s: grant not confirmed (%s)", wanted.ip, wanted.user, error
+            )
             raise ApiError(
                 503, "store_unavailable", f"the grant may not have been kept: {error}"
             ) from None
-        except TooManyGrants as error:
-            self._count_grant("refused")
-            raise ApiError(
-                429,
-                "too_many_grants",
-                f"{wanted.user} already holds {error.held} live grants"
-                f" (at most {self.settings.max_grants_per_user})",
-            ) from None
-        log.info(
-            "webhook %s ip=%s user=%s role=%s status=%s name=%s expires=%s",
-            "grant" if created else "refresh",
-            grant.ip,
-            grant.user,
-            grant.role,
-            grant.status,
-            name or "-",
-            grant.expires_at.isoformat(timespec="seconds"),
-        )
+        except granting.Refused as refused:
+            if refused.code in granting.RULE_REFUSALS:
+                self._count_grant("refused")
+            raise ApiError(granting.STATUS[refused.code], refused.code, refused.detail) from None
         self._count_grant("created" if created else "refreshed")
         return web.json_response(grant.as_json(), status=201 if created else 200)
 
@@ -363,14 +337,6 @@ class Webhook:
                 logging.WARNING,
             )
         return body
-
-    def _valid_ip(self, text: str) -> IPAddress:
-        try:
-            return rules.check_ip(text, self.settings.allowed_networks)
-        except rules.InvalidIp as error:
-            raise ApiError(422, "invalid_ip", str(error)) from None
-        except rules.IpNotAllowed as error:
-            raise ApiError(422, "ip_not_allowed", str(error)) from None
 
     @staticmethod
     def _path_ip(request: web.Request) -> IPAddress:
@@ -437,6 +403,9 @@ def build_app(
     app.router.add_get("/v1/whitelist", hooks.list, allow_head=False)
     app.router.add_get("/v1/whitelist/{ip}", hooks.show, allow_head=False)
     app.router.add_delete("/v1/whitelist/{ip}", hooks.remove)
+    if settings.handoff_secret is not None:  # INTERFACE.md: the page is off without it
+        sessions = PageSessions(store, max_age=settings.session_max_age)
+        page.install(app, settings, sessions, grants, resolver, clock=clock, metrics=metrics)
     return app
 
 
