@@ -6,11 +6,19 @@ ENV_FILE ?= dev.env
 
 .PHONY: run test lint types unit bench screenshots clean catalogs
 
+# `make run` installs what running needs (the "fast" extra: uvloop); `make test` adds the test
+# and lint toolchain. Each stamp is remade when pyproject.toml changes.
+$(BIN)/.installed-run: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[fast]'
+	touch $@
+
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,fast]'
-	touch $@
+	touch $@ $(BIN)/.installed-run
 
 # A development env file with a random webhook secret, made once and never overwritten.
 $(ENV_FILE):
@@ -20,7 +28,7 @@ $(ENV_FILE):
 
 # Against the configured Redis; where nothing listens on it (on this machine), a private
 # redis-server with its data under run/redis, stopped with the server (scripts/run).
-run: $(BIN)/.installed $(ENV_FILE)
+run: $(BIN)/.installed-run $(ENV_FILE)
 	@echo "settings: $(abspath $(ENV_FILE)) (SMTP_WHITELIST_* in the environment override it)"
 	BIN=$(BIN) ENV_FILE=$(ENV_FILE) RUN_DIR=run scripts/run
 

@@ -184,7 +184,15 @@ def run(argv: list[str] | None = None) -> int:
         for line in error.lines:
             print(f"smtp-whitelist: {line}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(settings.log_level, settings.log_format)
+    try:
+        logs.configure(settings.log_level, settings.log_format, settings.syslog_facility)
+    except OSError as error:
+        print(
+            f"smtp-whitelist: SMTP_WHITELIST_SYSLOG_FACILITY: cannot reach {logs.SYSLOG_SOCKET}"
+            f" ({error.strerror or error})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if env_file is not None:
         forget_inherited_copies(env_file)
     command: Callable[[argparse.Namespace, Settings, Path | None], Awaitable[int]]
@@ -237,12 +245,15 @@ async def _cmd_serve(args: argparse.Namespace, settings: Settings, env: Path | N
 
 async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webhook: bool) -> int:
     """Run the policy server and/or the webhook until SIGTERM; SIGHUP reloads the settings."""
-    from policyd.decision import PolicyDecider, Replies
+    from policyd.decision import PolicyDecider
+    from policyd.reload import apply_reload
     from policyd.sdnotify import notify
     from policyd.server import ConnectionLimits, PolicyServer
     from policyd.stage_watch import StageWatch
     from ratelimit.limiter import LimitConfig, Limiter
     from ratelimit.metrics import Metrics
+    from ratelimit.stage_evidence import StageEvidence
+    from webhook.app import WEBHOOK
 
     if webhook and settings.webhook_secret is None:
         raise UsageError("SMTP_WHITELIST_WEBHOOK_SECRET: required to run the webhook")
@@ -250,9 +261,16 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     loop = asyncio.get_running_loop()
     store = Store.from_settings(settings)
     limiter = Limiter(store, LimitConfig.from_settings(settings))
+    watch = StageWatch()
+    watch.set_limits(*smallest_counts(settings))
+    evidence = StageEvidence(store)
+
+    async def report(warning: str | None) -> None:
+        await (evidence.clear() if warning is None else evidence.report(warning))
+
     # Built only when served: with METRICS_LISTEN empty nothing is counted at all.
     metrics = Metrics() if settings.metrics_listen else None
-    decider = PolicyDecider(limiter, Replies.from_settings(settings), StageWatch(), metrics)
+    decider = PolicyDecider.from_settings(limiter, settings, watch, report, metrics)
     server = PolicyServer(
         decider,
         ConnectionLimits(settings.max_connections, settings.idle_timeout, settings.request_timeout),
@@ -277,36 +295,25 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
             notify("READY=1")
 
     def apply_new_settings() -> None:
+        nonlocal settings
         try:
             new = load_settings(env_file)
         except SettingsError as error:
             problems = error.lines
         else:
             problems = []
+            limiter.reconfigure(LimitConfig.from_settings(new))
+            decider.reconfigure(new)
+            watch.set_limits(*smallest_counts(new))
         for line in problems:
             log.error("SIGHUP: invalid settings, keeping the running ones: %s", line)
         if not problems:
-            limiter.reconfigure(LimitConfig.from_settings(new))
-            decider.replies = Replies.from_settings(new)
-            restart = [
-                name
-                for name in (
-                    "redis_url",
-                    "key_prefix",
-                    "policy_listen",
-                    "webhook_listen",
-                    "metrics_listen",
-                )
-                if getattr(new, name) != getattr(settings, name)
-            ]
-            log.info(
-                "SIGHUP: settings reloaded: message limits %s, recipient limits %s, exempt %s",
-                ",".join(map(str, new.message_limits)) or "none",
-                ",".join(map(str, new.recipient_limits)) or "none",
-                ",".join(map(str, new.exempt_networks)) or "none",
+            settings = apply_reload(
+                settings,
+                new,
+                server=server if policy else None,
+                webhook=runner.app[WEBHOOK] if runner is not None else None,
             )
-            if restart:
-                log.warning("SIGHUP: %s changed; they take effect on restart", ", ".join(restart))
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
@@ -341,13 +348,15 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
         # What an operator needs to read the decision lines that follow.
         log.info(
             "limits: messages %s, recipients %s, per /%d (IPv4) and /%d (IPv6); exempt %s;"
-            " on a Redis failure %s",
+            " on a Redis failure %s; limited networks %s; MODE=%s",
             ",".join(map(str, settings.message_limits)) or "none",
             ",".join(map(str, settings.recipient_limits)) or "none",
             settings.ipv4_prefix,
             settings.ipv6_prefix,
             ",".join(map(str, settings.exempt_networks)) or "none",
             settings.on_store_error,
+            ",".join(map(str, settings.limited_networks)) or "all (LIMITED_NETWORKS is empty)",
+            settings.mode,
         )
     log.info("ready (pid %d)", os.getpid())
     await stopping.wait()
@@ -359,6 +368,7 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
         runner.cleanup() if runner is not None else asyncio.sleep(0),
         asyncio.to_thread(metrics_server.stop) if metrics_server else asyncio.sleep(0),
     )
+    decider.flush()
     await store.aclose()
     log.info("stopped")
     return EXIT_OK
@@ -698,14 +708,41 @@ async def _ask(target: ListenAddress, request: bytes) -> str | None:
 
 
 async def _cmd_check(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:
+    from policyd.postfix_config import data_check_present
+    from ratelimit.stage_evidence import StageEvidence
+
     print(f"env file: {env if env else '(none; environment only)'}")
     for name, value in settings.masked().items():
         print(f"{name}={value}")
     async with _store(settings) as store:
         await store.ping()
         info = await store.call(lambda: store.client.info("server"))
+        note = await StageEvidence(store).read()
+    if note is not None:
+        # Known only once a policy server has seen the evidence (see policyd/stage_watch.py).
+        print(
+            f"WARNING: the policy server on {note.host} reported at {logs.rfc3339(note.at)}:"
+            f" {note.text}"
+        )
+    if await data_check_present() is False:
+        print(
+            "WARNING: Postfix's smtpd_data_restrictions does not ask the policy server:"
+            " nothing will be counted (see postfix-snippet.cf)"
+        )
+    if not settings.limited_networks:
+        print(
+            "note: SMTP_WHITELIST_LIMITED_NETWORKS is empty, so every client Postfix asks about"
+            " is limited; set it to the campus networks (your mynetworks)"
+        )
     print(f"redis: ok (version {info.get('redis_version', '?')}, {socket.gethostname()})")
     return EXIT_OK
+
+
+def smallest_counts(settings: Settings) -> tuple[int | None, int | None]:
+    """The smallest message and recipient counts among the limits (None: no such limit)."""
+    messages = min((lim.count for lim in settings.message_limits), default=None)
+    recipients = min((lim.count for lim in settings.recipient_limits), default=None)
+    return messages, recipients
 
 
 async def _cmd_handoff_url(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:

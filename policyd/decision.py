@@ -7,15 +7,20 @@ and logged, once per outage rather than once per request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from policyd.logs import fields, rfc3339
 from policyd.protocol import PolicyRequest
+from policyd.refusal_log import RefusalLog
+from policyd.scope import LimitedScope
 from ratelimit.addresses import IPAddress, parse_ip
-from ratelimit.limiter import Limiter, Outcome, Verdict
-from ratelimit.limits import format_window
+from ratelimit.limiter import Counted, Limiter, Outcome, Verdict
+from ratelimit.limits import Limit, format_window
 from ratelimit.metrics import Metrics
 from ratelimit.settings import Settings
 from ratelimit.store import StoreError, StoreUnavailable
@@ -39,25 +44,54 @@ STORE_ERROR = "store_error"
 
 @dataclass(frozen=True, slots=True)
 class Replies:
-    """LIMIT_REPLY and ON_STORE_ERROR; replaced whole on SIGHUP."""
+    """LIMIT_REPLY, TOO_BIG_REPLY, ON_STORE_ERROR and MODE; replaced whole on SIGHUP."""
 
     limit_reply: str
     on_store_error: str
+    too_big_reply: str = ""
+    monitor: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Replies:
         # {page} is known at start-up (PAGE_URL, validated free of braces); filling it in here
         # leaves only {ip}, {limit} and {window} for each decision.
         return cls(
-            settings.limit_reply.replace("{page}", settings.page_url), settings.on_store_error
+            settings.limit_reply.replace("{page}", settings.page_url),
+            settings.on_store_error,
+            settings.too_big_reply.replace("{page}", settings.page_url),
+            settings.mode == "monitor",
         )
+
+    def sent(self, action: str) -> str:
+        """What Postfix is told: in monitor mode a refusal becomes WARN with its text."""
+        if self.monitor and action.upper() not in PASSING_ACTIONS:
+            # access(5): "WARN optional text..." logs a warning and lets the mail through.
+            return f"WARN {action}"
+        return action
+
+
+# Actions that let mail through; everything else is a refusal that monitor mode turns into WARN.
+PASSING_ACTIONS = frozenset({"DUNNO", "OK"})
 
 
 class StageObserver(Protocol):
     """Something that wants to see every request's stage (the misconfiguration watch)."""
 
-    def observe(self, stage: str, now: float, *, refused: bool = False) -> str | None:
+    def observe(
+        self,
+        stage: str,
+        now: float,
+        *,
+        refused: bool = False,
+        client: str = "",
+        instance: str = "",
+    ) -> str | None:
         """A warning to log, or None. ``refused``: this request got a limit reply."""
+
+
+# Called once with the watch's warning, and once with None at the first DATA request after a
+# start (so a note in Redis that `check` reads is written and cleared); runs in the background.
+StageReport = Callable[[str | None], Awaitable[None]]
 
 
 class PolicyDecider:
@@ -69,15 +103,47 @@ class PolicyDecider:
         replies: Replies,
         watch: StageObserver | None = None,
         metrics: Metrics | None = None,
+        *,
+        scope: LimitedScope | None = None,
+        report: StageReport | None = None,
     ) -> None:
         self.limiter = limiter
         self.replies = replies
         self.watch = watch
         self.metrics = metrics
+        self.scope = scope or LimitedScope(())
+        self.report = report
+        self.refusals = RefusalLog()
         self._store_failing_since: float | None = None
         self._store_failures = 0
         self._store_warned_at = 0.0
         self._addresses: dict[str, IPAddress | None] = {}
+        self._data_confirmed = False
+        self._reports: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_settings(
+        cls,
+        limiter: Limiter,
+        settings: Settings,
+        watch: StageObserver | None = None,
+        report: StageReport | None = None,
+        metrics: Metrics | None = None,
+    ) -> PolicyDecider:
+        """The decider for these settings (the server and the tests wire it the same way)."""
+        return cls(
+            limiter,
+            Replies.from_settings(settings),
+            watch,
+            metrics,
+            scope=LimitedScope(settings.limited_networks),
+            report=report,
+        )
+
+    def reconfigure(self, settings: Settings) -> None:
+        """SIGHUP: new replies, mode and scope from the next request on."""
+        self.replies = Replies.from_settings(settings)
+        self.scope = LimitedScope(settings.limited_networks)
 
     async def __call__(self, request: PolicyRequest) -> str:
         metrics = self.metrics
@@ -89,10 +155,53 @@ class PolicyDecider:
         if self.watch is not None:
             # After the decision: a limited client that keeps retrying only ever reaches RCPT,
             # and must not look like a Postfix that never asks at DATA.
-            warning = self.watch.observe(state, time.monotonic(), refused=action != DUNNO)
+            warning = self.watch.observe(
+                state,
+                time.monotonic(),
+                refused=action != DUNNO and not action.startswith("WARN "),
+                client=request.client_address,
+                instance=request.get("instance"),
+            )
             if warning:
-                log.warning("%s", warning)
+                log.warning("%s", warning, extra=fields(stage=state))
+                self._send_report(warning)
+            elif state in COUNTED_STATES and not self._data_confirmed:
+                self._data_confirmed = True
+                self._send_report(None)
+        self._log_summaries()
         return action
+
+    def _log_summaries(self, *, everything: bool = False) -> None:
+        """Summary lines of refusals that were counted, not logged (see refusal_log)."""
+        for summary in self.refusals.due(time.time(), everything=everything):
+            log.info(
+                "refused network=%s %d more time(s) by limit %s since %s (first refusal logged"
+                " then)",
+                summary.client,
+                summary.suppressed,
+                summary.limit,
+                rfc3339(summary.since),
+                extra=fields(client=summary.client, limit=summary.limit),
+            )
+
+    def flush(self) -> None:
+        """At stop: the summaries still pending, so no count is lost from the log."""
+        self._log_summaries(everything=True)
+
+    def _send_report(self, warning: str | None) -> None:
+        if self.report is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._reported(self.report, warning))
+        self._reports.add(task)  # kept until done: the loop holds tasks only weakly
+        task.add_done_callback(self._reports.discard)
+
+    @staticmethod
+    async def _reported(report: StageReport, warning: str | None) -> None:
+        try:
+            await report(warning)
+        except StoreUnavailable as error:
+            # Only `check` reads the note; the warning itself is already in the log.
+            log.debug("could not record the DATA-stage note in Redis: %s", error)
 
     async def _decide(self, request: PolicyRequest, state: str) -> tuple[str, str]:
         """The action, and the ``result`` label it is counted under."""
@@ -121,6 +230,18 @@ class PolicyDecider:
                 request.get("instance"),
             )
             return DUNNO, NOT_COUNTED
+        scope = self.scope
+        if scope.networks and not scope.covers(
+            address, authenticated=bool(request.get("sasl_username"))
+        ):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "DUNNO client=%s stage=%s outcome=outside LIMITED_NETWORKS (not counted)",
+                    address,
+                    state,
+                    extra=fields(client=str(address), stage=state, action=DUNNO),
+                )
+            return DUNNO, NOT_COUNTED
         try:
             if counting:
                 verdict = await self.limiter.count_message(address, request.recipient_count)
@@ -136,82 +257,140 @@ class PolicyDecider:
     def _reply(self, ip: str, state: str, request: PolicyRequest, verdict: Verdict) -> str:
         if verdict.outcome is not Outcome.LIMITED:
             if log.isEnabledFor(logging.DEBUG):
+                recipients = (
+                    f" recipients={request.recipient_count}" if state in COUNTED_STATES else ""
+                )
                 log.debug(
-                    "DUNNO client=%s network=%s stage=%s outcome=%s recipients=%s queue_id=%s"
-                    " instance=%s",
+                    "DUNNO client=%s network=%s stage=%s outcome=%s%s queue_id=%s instance=%s",
                     ip,
                     verdict.network,
                     state,
                     verdict.outcome.value,
-                    request.get("recipient_count"),
+                    recipients,
                     request.get("queue_id"),
                     request.get("instance"),
+                    extra=_fields(ip, state, request, action=DUNNO),
                 )
             return DUNNO
         assert verdict.limit is not None
         assert verdict.counted is not None
-        limit = verdict.limit
-        action = self.replies.limit_reply.format(
-            ip=ip,
-            limit=f"{limit.count} {verdict.counted.value}",
-            window=format_window(limit.window),
+        limit, counted = verdict.limit, verdict.counted
+        replies = self.replies
+        too_big = self._too_big(state, request) if replies.too_big_reply else None
+        if too_big is not None:
+            # However long the client waits, this message cannot pass: answer permanently.
+            limit, counted, template = too_big, Counted.RECIPIENTS, replies.too_big_reply
+        else:
+            template = replies.limit_reply
+        reply = template.format(
+            ip=ip, limit=f"{limit.count} {counted.value}", window=format_window(limit.window)
         )
+        action = replies.sent(reply)
+        limit_text = f"{limit} {counted.value}"
+        verb = "would limit (MODE=monitor)" if replies.monitor else "limited"
+        if verdict.compromised:
+            # Independent of which refusals get a line of their own: decide.lua says when.
+            self._compromised(ip, request, verdict)
+        if too_big is not None:
+            # What this limit had counted is unknown (the script stopped at the first limit it
+            # found reached) and beside the point: the message alone is too big.
+            extra = _fields(ip, state, request, action=action, limit=limit_text, used=None)
+            log.info(
+                "%s client=%s network=%s stage=%s limit=%s: one message with %d recipients"
+                " exceeds the limit by itself and can never pass; answered %s sender=%s"
+                " queue_id=%s instance=%s",
+                verb,
+                ip,
+                verdict.network,
+                state,
+                limit_text,
+                request.recipient_count,
+                action.split(" ", 3)[0] if not replies.monitor else "WARN",
+                request.get("sender")[:256],
+                request.get("queue_id"),
+                request.get("instance"),
+                extra=extra,
+            )
+            return action
+        if not self.refusals.refused(verdict.network, limit_text, limit.window, time.time()):
+            return action  # counted, and summarised when the limit's window has passed
+        extra = _fields(ip, state, request, action=action, limit=limit_text, used=verdict.used)
+        recipients = f" recipients={request.recipient_count}" if state in COUNTED_STATES else ""
         log.info(
-            "limited client=%s network=%s stage=%s limit=%s %s used=%d recipients=%s"
-            " sender=%s queue_id=%s instance=%s",
+            "%s client=%s network=%s stage=%s limit=%s used=%d%s sender=%s queue_id=%s"
+            " instance=%s (further refusals within %s are counted, then summarised)",
+            verb,
             ip,
             verdict.network,
             state,
-            limit,
-            verdict.counted.value,
+            limit_text,
             verdict.used,
-            request.get("recipient_count"),
+            recipients,
             request.get("sender")[:256],
             request.get("queue_id"),
             request.get("instance"),
+            format_window(limit.window),
+            extra=extra,
         )
-        if verdict.compromised:
-            self._compromised(ip, request, verdict)
         return action
 
     def _compromised(self, ip: str, request: PolicyRequest, verdict: Verdict) -> None:
         """Once per client per hour across every daemon sharing the Redis (decide.lua says when)."""
+        limit = f"{verdict.limit} {verdict.counted.value if verdict.counted else ''}".strip()
         log.warning(
             "likely compromised client=%s refusals=%d within the hour (OFFENDER_THRESHOLD) limit=%s"
-            " %s sender=%s network=%s queue_id=%s",
+            " sender=%s network=%s queue_id=%s",
             ip,
             verdict.compromised,
-            verdict.limit,
-            verdict.counted.value if verdict.counted else "",
+            limit,
             request.get("sender")[:256],
             verdict.network,
             request.get("queue_id"),
+            extra=fields(
+                client=ip,
+                limit=limit,
+                queue_id=request.get("queue_id"),
+                instance=request.get("instance"),
+                sender=request.get("sender")[:256],
+            ),
         )
         if self.metrics is not None:
             self.metrics.likely_compromised.inc()
+
+    def _too_big(self, state: str, request: PolicyRequest) -> Limit | None:
+        """The smallest recipient limit this message exceeds on its own (DATA only), if any."""
+        if state not in COUNTED_STATES:
+            return None
+        recipients = request.recipient_count
+        over = [lim for lim in self.limiter.config.recipient_limits if recipients > lim.count]
+        return min(over, key=lambda lim: lim.count) if over else None
 
     def _store_failed(
         self, ip: str, state: str, request: PolicyRequest, error: StoreUnavailable
     ) -> str:
         now = time.monotonic()
-        action = self.replies.on_store_error
+        configured = self.replies.on_store_error
+        action = self.replies.sent(configured)
         self._store_failures += 1
         if (
             self._store_failing_since is None
             or now - self._store_warned_at >= STORE_WARNING_INTERVAL
         ):
-            mode = "fail-open" if action.upper() in {"DUNNO", "OK"} else "fail-closed"
+            mode = "fail-open" if action.upper() in PASSING_ACTIONS else "fail-closed"
+            if action != configured:
+                mode = "fail-open: MODE=monitor"
             log.warning(
                 "store %s (%s): answering ON_STORE_ERROR=%s (%s); %d request(s) so far"
                 " in this outage; latest client=%s stage=%s queue_id=%s",
                 "error" if isinstance(error, StoreError) else "unavailable",
                 error,
-                action,
+                configured,
                 mode,
                 self._store_failures,
                 ip,
                 state,
                 request.get("queue_id"),
+                extra=_fields(ip, state, request, action=action),
             )
             self._store_warned_at = now
             if self._store_failing_since is None:
@@ -227,3 +406,17 @@ class PolicyDecider:
             )
             self._store_failing_since = None
             self._store_failures = 0
+
+
+def _fields(
+    ip: str, state: str, request: PolicyRequest, **more: str | int | None
+) -> dict[str, dict[str, str | int | None]]:
+    """The structured fields of a decision line (LOG_FORMAT=json)."""
+    return fields(
+        client=ip,
+        stage=state,
+        queue_id=request.get("queue_id"),
+        instance=request.get("instance"),
+        sender=request.get("sender")[:256],
+        **more,
+    )

@@ -7,9 +7,13 @@ with ``recipient_count``); RCPT-stage requests are checks only. An administrator
 is the commonest failure of rate-limiting policy daemons and is invisible from the mail flow.
 
 :class:`StageWatch` is pure logic with the clock passed in: the server calls :meth:`observe`
-for every request and logs the text it returns. A warning is due when, within
-``window_seconds``, at least ``min_rcpt`` RCPT requests came and not one DATA request; it is
-given at most once per window, and any DATA request resets the watch.
+for every request and logs the text it returns. The warning comes as soon as the evidence is
+clear: one client has passed RCPT checks for more messages (distinct ``instance`` values) than
+its smallest message limit allows, or for more recipients than its smallest recipient limit,
+and not one DATA request came meanwhile. With DATA counted that client would have been refused
+at RCPT, so this cannot be chance. Without limits to compare with, the older rule applies: at
+least ``min_rcpt`` RCPT requests over ``window_seconds`` and no DATA request. The warning is
+given once; a DATA request re-arms it (someone fixed main.cf, and may break it again).
 
 RCPT requests that the policy server itself refused (the client is at its limit) are not
 counted: such a client never reaches DATA however Postfix is configured, and a limited client
@@ -32,6 +36,8 @@ WARNING_TEXT = (
 # accepted message has one), while a few rejected RCPTs from a scanner can.
 DEFAULT_WINDOW_SECONDS = 600.0
 DEFAULT_MIN_RCPT = 20
+# Clients whose RCPT-stage messages are tracked while no DATA request comes; more start over.
+MAX_TRACKED_CLIENTS = 10_000
 
 
 class StageWatch:
@@ -59,12 +65,30 @@ class StageWatch:
         self._rcpt_count = 0
         self._last_warning: float | None = None
         self.data_seen = False
+        self.message_limit: int | None = None
+        self.recipient_limit: int | None = None
+        # client -> (distinct instances, RCPT requests) since the last DATA request
+        self._clients: dict[str, tuple[set[str], int]] = {}
 
-    def observe(self, stage: str, now: float, *, refused: bool = False) -> str | None:
+    def set_limits(self, message_limit: int | None, recipient_limit: int | None) -> None:
+        """The smallest message and recipient counts of the limits in force (None: no limit)."""
+        self.message_limit = message_limit
+        self.recipient_limit = recipient_limit
+
+    def observe(
+        self,
+        stage: str,
+        now: float,
+        *,
+        refused: bool = False,
+        client: str = "",
+        instance: str = "",
+    ) -> str | None:
         """Note one request in ``stage`` at time ``now`` (monotonic seconds).
 
-        ``refused``: the policy server answered this request with a limit reply. Returns
-        :data:`WARNING_TEXT` when the warning is due (at most once per window), else None.
+        ``refused``: the policy server answered this request with a limit reply. ``client``
+        and ``instance``: who asked, and the message (Postfix's ``instance`` attribute).
+        Returns the warning's text when it is due (once), else None.
         """
         stage = stage.upper()
         # BDAT is announced to policy servers as DATA by Postfix; accept either spelling.
@@ -73,22 +97,48 @@ class StageWatch:
             self._first_rcpt = None
             self._rcpt_count = 0
             self._last_warning = None
+            if self._clients:
+                self._clients = {}
             return None
-        if stage != "RCPT" or refused:
+        if stage != "RCPT" or refused or self._last_warning is not None:
             return None
         if self._first_rcpt is None:
             self._first_rcpt = now
         self._rcpt_count += 1
-        if self._rcpt_count < self.min_rcpt or now - self._first_rcpt < self.window_seconds:
-            return None
-        if self._last_warning is not None and now - self._last_warning < self.window_seconds:
-            return None
+        why = self._client_evidence(client, instance)
+        if why is None:
+            if self._rcpt_count < self.min_rcpt or now - self._first_rcpt < self.window_seconds:
+                return None
+            why = f"{self._rcpt_count} RCPT requests in {now - self._first_rcpt:.0f} s"
         self._last_warning = now
+        self._clients = {}
+        text = f"{WARNING_TEXT} ({why})"
         if self.log_warnings:
-            log.warning(
-                "%s (%d RCPT requests in %.0f s)",
-                WARNING_TEXT,
-                self._rcpt_count,
-                now - self._first_rcpt,
+            log.warning("%s", text)
+        return text
+
+    def _client_evidence(self, client: str, instance: str) -> str | None:
+        """Why one client's RCPT requests prove the DATA check missing, or None."""
+        if not client or (self.message_limit is None and self.recipient_limit is None):
+            return None
+        seen = self._clients.get(client)
+        if seen is None:
+            if len(self._clients) >= MAX_TRACKED_CLIENTS:
+                self._clients = {}
+            seen = (set(), 0)
+        instances, rcpts = seen
+        if instance:
+            instances.add(instance)
+        rcpts += 1
+        self._clients[client] = (instances, rcpts)
+        if self.message_limit is not None and len(instances) > self.message_limit:
+            return (
+                f"client {client} passed RCPT for {len(instances)} messages, over its limit of"
+                f" {self.message_limit}, and no DATA request came"
             )
-        return WARNING_TEXT
+        if self.recipient_limit is not None and rcpts > self.recipient_limit:
+            return (
+                f"client {client} passed RCPT for {rcpts} recipients, over its limit of"
+                f" {self.recipient_limit}, and no DATA request came"
+            )
+        return None

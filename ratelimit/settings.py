@@ -36,6 +36,20 @@ DEFAULT_LIMIT_REPLY = (
     " (SMTP White IP List)."
 )
 
+# One message with more recipients than a recipient limit allows can never pass, however long the
+# client waits: the answer is permanent, so the client bounces it instead of retrying for days.
+DEFAULT_TOO_BIG_REPLY = (
+    "550 5.7.1 Too many recipients in one message from {ip}: the limit is {limit} per {window},"
+    " so this message can never be sent as it is. Send it to fewer recipients at a time."
+)
+
+# syslog facilities SYSLOG_FACILITY may name (RFC 5424 6.2.1; "mail" puts the lines beside
+# Postfix's own).
+SYSLOG_FACILITIES = frozenset(
+    {"mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5",
+     "local6", "local7"}
+)  # fmt: skip
+
 # The longest grant, by WHITELIST_TTL or `add --ttl`: a week covers any operator's override,
 # and a longer one is a typo (and beyond what Redis takes as an expiry in ms, an error).
 MAX_WHITELIST_TTL = 7 * 86400
@@ -122,6 +136,17 @@ def _check_action(value: str, name: str) -> str:
     return value
 
 
+def _check_template(value: str) -> str:
+    """A reply template may fill in {ip}, {limit}, {window} and {page} (PAGE_URL), no more."""
+    try:
+        value.format(ip="192.0.2.1", limit="100 messages", window="1h", page="https://x/apply")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"only {{ip}}, {{limit}}, {{window}} and {{page}} may be filled in ({error!s})"
+        ) from None
+    return value
+
+
 class Settings(BaseSettings):
     """The settings of INTERFACE.md, validated; field names are the names without the prefix."""
 
@@ -160,6 +185,10 @@ class Settings(BaseSettings):
     max_grants_per_user: int = Field(3, ge=1, le=1000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    limited_networks: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+    too_big_reply: str = DEFAULT_TOO_BIG_REPLY
+    mode: Literal["enforce", "monitor"] = "enforce"
+    syslog_facility: str = ""
     # Empty: no metrics listener (and nothing counted for it).
     metrics_listen: Annotated[tuple[ListenAddress, ...], NoDecode] = ()
     offender_threshold: int = Field(50, ge=1, le=1_000_000)
@@ -207,7 +236,9 @@ class Settings(BaseSettings):
     def _limits(cls, value: object) -> object:
         return parse_limits(value) if isinstance(value, str) else value
 
-    @field_validator("exempt_networks", "allowed_networks", "trusted_proxies", mode="before")
+    @field_validator(
+        "exempt_networks", "allowed_networks", "trusted_proxies", "limited_networks", mode="before"
+    )
     @classmethod
     def _networks(cls, value: object) -> object:
         return parse_networks(value) if isinstance(value, str) else value
@@ -275,13 +306,30 @@ class Settings(BaseSettings):
     @field_validator("limit_reply")
     @classmethod
     def _limit_reply(cls, value: str) -> str:
-        value = _check_action(value, "the reply")
-        try:
-            value.format(ip="192.0.2.1", limit="100 messages", window="1h", page="https://x/apply")
-        except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(
-                f"only {{ip}}, {{limit}}, {{window}} and {{page}} may be filled in ({error!s})"
-            ) from None
+        return _check_template(_check_action(value, "the reply"))
+
+    @field_validator("too_big_reply")
+    @classmethod
+    def _too_big_reply(cls, value: str) -> str:
+        value = _check_template(_check_action(value, "the reply"))
+        # Permanent on purpose: a 4xx would make the client retry a message that cannot pass.
+        if not value.startswith("5"):
+            raise ValueError("must be a permanent reply: a 5xx code and a text (550 5.7.1 ...)")
+        return value
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("syslog_facility", mode="before")
+    @classmethod
+    def _facility(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        value = value.strip().lower()
+        if value and value not in SYSLOG_FACILITIES:
+            raise ValueError(f"must be empty or one of {', '.join(sorted(SYSLOG_FACILITIES))}")
         return value
 
     @field_validator("on_store_error")

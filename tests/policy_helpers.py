@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policyd.decision import PolicyDecider, Replies
+from policyd.decision import PolicyDecider
 from policyd.protocol import encode_request, parse_reply
 from policyd.server import ConnectionLimits, PolicyServer
 from ratelimit.limiter import LimitConfig, Limiter
@@ -94,7 +94,7 @@ async def policy_server(
     """A PolicyServer wired as ``smtp-whitelist policyd`` wires it, on ``listen`` (port 0 ok)."""
     store = Store.from_settings(settings)
     limiter = Limiter(store, LimitConfig.from_settings(settings))
-    decider = PolicyDecider(limiter, Replies.from_settings(settings))
+    decider = PolicyDecider.from_settings(limiter, settings)
     limits = ConnectionLimits(
         settings.max_connections, settings.idle_timeout, settings.request_timeout
     )

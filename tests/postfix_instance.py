@@ -4,9 +4,11 @@ The instance follows ``shared/reference/postfix-test-instance.md``: its own conf
 data directories in a fresh directory under /tmp, smtpd on loopback test ports, no chroot,
 every message discarded by the ``discard`` transport, the log written to a plain file.
 
-``postfix-snippet.cf`` is appended to main.cf exactly as shipped; the one change is the
-address of the policy server (``inet:127.0.0.1:10031`` becomes the test's own port), so a test
-that passes proves the file an administrator pastes in. The instance is stopped and its
+``postfix-snippet.cf`` is appended to main.cf exactly as shipped; the changes are the address
+of the policy server (``inet:127.0.0.1:10031`` becomes the test's own port) and the path of the
+clients table, which is ``postfix-clients.cidr`` as shipped with its example campus networks
+replaced by the instance's ``mynetworks``. So a test that passes proves the files an
+administrator installs. The instance is stopped and its
 directory removed by :meth:`PostfixInstance.close`, which never raises and is safe to call
 twice: use the instance as a context manager or from a fixture's ``finally``.
 """
@@ -33,9 +35,13 @@ from types import TracebackType
 
 REPO = Path(__file__).resolve().parent.parent
 SNIPPET = REPO / "postfix-snippet.cf"
+CLIENTS_TABLE = REPO / "postfix-clients.cidr"
 
-# The one address the snippet ships with; the only text the tests substitute.
+# The address and table path the snippet ships with; the only texts the tests substitute.
 SHIPPED_POLICY_ADDRESS = "inet:127.0.0.1:10031"
+SHIPPED_CLIENTS_PATH = "/etc/postfix/smtp-whitelist-clients.cidr"
+# The class the shipped table gives the campus networks (the lines the tests replace).
+LIMIT_CLASS = "smtp_whitelist_limit"
 
 # Postfix daemons run as "postfix" and must reach the queue directory: a pytest tmp_path
 # (mode 0700, owned by root) is out of their reach, so the instance lives in its own
@@ -74,15 +80,31 @@ class PostfixError(RuntimeError):
     """A postfix command failed; the message carries its output and the end of the maillog."""
 
 
-def snippet_for(policy_address: str, snippet: Path = SNIPPET) -> str:
-    """The shipped snippet with only its policy server address replaced by ``policy_address``.
+def snippet_for(policy_address: str, snippet: Path = SNIPPET, clients: str = "") -> str:
+    """The shipped snippet with its policy server address replaced by ``policy_address``.
 
-    ``policy_address`` is what follows ``check_policy_service``, e.g. ``inet:127.0.0.1:40000``.
+    ``policy_address`` is what follows ``check_policy_service``, e.g. ``inet:127.0.0.1:40000``;
+    ``clients``, when given, replaces the path of the clients table.
     """
     text = snippet.read_text(encoding="utf-8")
     if SHIPPED_POLICY_ADDRESS not in text:
         raise AssertionError(f"{snippet} no longer mentions {SHIPPED_POLICY_ADDRESS}")
-    return text.replace(SHIPPED_POLICY_ADDRESS, policy_address)
+    text = text.replace(SHIPPED_POLICY_ADDRESS, policy_address)
+    return text.replace(SHIPPED_CLIENTS_PATH, clients) if clients else text
+
+
+def clients_table_for(networks: Sequence[str], table: Path = CLIENTS_TABLE) -> str:
+    """The shipped clients table with its example campus networks replaced by ``networks``.
+
+    ``networks`` are written as in mynetworks (``[::1]/128``); cidr tables want them bare.
+    """
+    shipped = table.read_text(encoding="utf-8").splitlines()
+    examples = [i for i, line in enumerate(shipped) if line.split()[-1:] == [LIMIT_CLASS]]
+    if not examples:
+        raise AssertionError(f"{table} no longer maps any network to {LIMIT_CLASS}")
+    ours = [f"{n.replace('[', '').replace(']', '')}  {LIMIT_CLASS}" for n in networks]
+    kept = [line for i, line in enumerate(shipped) if i not in examples]
+    return "\n".join([*kept[: examples[0]], *ours, *kept[examples[0] :]]) + "\n"
 
 
 def _alive(pid: int) -> bool:
@@ -101,7 +123,10 @@ class PostfixInstance:
     ``hosts`` are the addresses smtpd listens on (``[::1]`` in brackets); all share ``port``.
     ``mynetworks`` is who may relay, as in a campus relay where every campus address may send.
     ``extra_main`` lines go after the base configuration and before the snippet, so a test can
-    add settings but cannot silently override what the snippet sets.
+    add settings but cannot silently override what the snippet sets. ``extra_master`` lines are
+    added to master.cf (e.g. a submission service). ``sasl_users`` (name -> password) turn on
+    Cyrus SASL with a sasldb of those users for services that enable it
+    (``smtpd_sasl_auth_enable`` stays ``no`` in main.cf, as on a typical port 25).
     """
 
     def __init__(
@@ -113,6 +138,8 @@ class PostfixInstance:
         mynetworks: Sequence[str] = ("127.0.0.0/8", "[::1]/128"),
         extra_main: Sequence[str] = (),
         snippet: Path = SNIPPET,
+        extra_master: Sequence[str] = (),
+        sasl_users: dict[str, str] | None = None,
     ) -> None:
         self.policy_address = policy_address
         self.port = port
@@ -120,12 +147,15 @@ class PostfixInstance:
         self.mynetworks = tuple(mynetworks)
         self.extra_main = tuple(extra_main)
         self.snippet = snippet
+        self.extra_master = tuple(extra_master)
+        self.sasl_users = dict(sasl_users or {})
         self.root = Path(tempfile.mkdtemp(prefix="swl-pf-", dir=_TMP_PARENT))
         self.root.chmod(0o755)
         self.etc = self.root / "etc"
         self.spool = self.root / "spool"
         self.data = self.root / "data"
         self.maillog_path = self.root / "maillog"
+        self.clients_path = self.root / "smtp-whitelist-clients.cidr"
         self._closed = False
 
     # -- building -----------------------------------------------------------------------------
@@ -169,12 +199,14 @@ smtpd_hard_error_limit = 1000
 in_flow_delay = 0
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 """
+        if self.sasl_users:
+            base += "smtpd_sasl_auth_enable = no\nsmtpd_sasl_local_domain = $myhostname\n"
         extras = "".join(line + "\n" for line in self.extra_main)
         return (
             base
             + extras
-            + "\n# ---- postfix-snippet.cf as shipped, policy server address substituted ----\n"
-            + snippet_for(self.policy_address, self.snippet)
+            + "\n# ---- postfix-snippet.cf as shipped, policy server and table substituted ----\n"
+            + snippet_for(self.policy_address, self.snippet, str(self.clients_path))
         )
 
     def master_cf(self) -> str:
@@ -182,7 +214,8 @@ smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
         listeners = "".join(
             f"{host}:{self.port}  inet  n  -  n  -  -  smtpd\n" for host in self.hosts
         )
-        return listeners + _MASTER_CF_SERVICES
+        extras = "".join(line + "\n" for line in self.extra_master)
+        return listeners + extras + _MASTER_CF_SERVICES
 
     def build(self) -> None:
         """Write the configuration and create the directories with the owners Postfix wants."""
@@ -192,8 +225,28 @@ smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
         shutil.chown(self.data, "postfix", "postfix")
         (self.etc / "main.cf").write_text(self.main_cf(), encoding="utf-8")
         (self.etc / "master.cf").write_text(self.master_cf(), encoding="utf-8")
+        self.clients_path.write_text(clients_table_for(self.mynetworks), encoding="utf-8")
+        if self.sasl_users:
+            self._build_sasl()
         # `postfix check` creates the queue subdirectories with their owners and modes.
         self._postfix("check")
+
+    def _build_sasl(self) -> None:
+        """Cyrus SASL: $config_directory/sasl/smtpd.conf (where Debian's smtpd looks) + sasldb."""
+        sasl = self.etc / "sasl"
+        sasl.mkdir(mode=0o755)
+        database = sasl / "sasldb2"
+        for user, password in self.sasl_users.items():
+            subprocess.run(
+                ["saslpasswd2", "-f", str(database), "-c", "-p", "-u", "mta.test.invalid", user],
+                input=password, text=True, capture_output=True, timeout=10, check=True,
+            )  # fmt: skip
+        shutil.chown(database, "postfix", "postfix")  # smtpd runs as postfix
+        (sasl / "smtpd.conf").write_text(
+            "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\n"
+            f"sasldb_path: {database}\n",
+            encoding="utf-8",
+        )
 
     # -- running ------------------------------------------------------------------------------
 

@@ -227,3 +227,41 @@ def test_parse_listen() -> None:
         ListenAddress("2001:db8::1", 25, None),
         ListenAddress(None, None, "/run/p.sock"),
     )
+
+
+def test_deployment_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = load_settings(None)
+    assert (defaults.limited_networks, defaults.mode, defaults.syslog_facility) == (
+        (),
+        "enforce",
+        "",
+    )
+    assert defaults.too_big_reply.startswith("550 5.7.1 ")
+    monkeypatch.setenv(PREFIX + "LIMITED_NETWORKS", "140.114.0.0/16, 2001:db8::/48")
+    monkeypatch.setenv(PREFIX + "MODE", " Monitor ")
+    monkeypatch.setenv(PREFIX + "SYSLOG_FACILITY", "MAIL")
+    monkeypatch.setenv(PREFIX + "TOO_BIG_REPLY", "554 5.7.1 {ip}: over {limit} per {window}")
+    settings = load_settings(None)
+    assert [str(n) for n in settings.limited_networks] == ["140.114.0.0/16", "2001:db8::/48"]
+    assert (settings.mode, settings.syslog_facility) == ("monitor", "mail")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TOO_BIG_REPLY", "450 4.7.1 too many recipients"),  # temporary: would be retried
+        ("TOO_BIG_REPLY", "REJECT too many"),
+        ("TOO_BIG_REPLY", "550 5.7.1 {user}"),
+        ("TOO_BIG_REPLY", "550"),
+        ("MODE", "observe"),
+        ("SYSLOG_FACILITY", "kern"),
+        ("LIMITED_NETWORKS", "campus"),
+    ],
+)
+def test_bad_deployment_settings_name_themselves(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(PREFIX + name, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings(None)
+    assert [line.split(":")[0] for line in error.value.lines] == [PREFIX + name]

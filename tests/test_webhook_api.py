@@ -652,6 +652,13 @@ async def test_redis_down_is_503(webhook: Webhook) -> None:
     assert (await webhook.portal.call("POST", "/v1/whitelist", grant_body())).status == 201
 
 
+async def test_body_over_4_kib_is_413_before_the_signature_is_checked(webhook: Webhook) -> None:
+    """The signature covers the body, so the size cap comes first (the README's order)."""
+    body = json.dumps({**grant_body(), "pad": "x" * MAX_BODY}).encode()
+    answer = await webhook.portal.call("POST", "/v1/whitelist", body=body, signed=False)
+    assert (answer.status, answer.body["error"]) == (413, "too_large")
+
+
 # -- GRANT_MIN_REPLICAS ------------------------------------------------------------------------
 
 

@@ -227,6 +227,15 @@ class Webhook:
         if self.metrics is not None:
             self.metrics.grants.labels(SOURCE, outcome).inc()
 
+    def reconfigure(self, settings: Settings) -> None:
+        """SIGHUP: the campus rules, DNS rule, TTL and secret apply from the next request."""
+        if settings.webhook_secret is None:
+            raise ValueError("SMTP_WHITELIST_WEBHOOK_SECRET is required for the webhook")
+        self._secret = settings.webhook_secret.get_secret_value()
+        self.settings = settings
+        self.resolver = RegisteredNameChecker.from_settings(settings)
+        self.grants.default_ttl = settings.whitelist_ttl
+
     async def healthz(self, request: web.Request) -> web.Response:
         """``GET /healthz``, unsigned: whether Redis answers."""
         try:
@@ -379,6 +388,9 @@ async def _read_body(request: web.Request) -> bytes:
         raise ApiError(413, "too_large", f"the body may be at most {MAX_BODY} bytes") from None
 
 
+WEBHOOK = web.AppKey("webhook", Webhook)
+
+
 def build_app(
     settings: Settings,
     grants: Grants,
@@ -398,6 +410,7 @@ def build_app(
     if metrics is not None:
         middlewares.insert(0, _count_requests(metrics))
     app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
+    app[WEBHOOK] = hooks  # SIGHUP reaches the handlers through it (Webhook.reconfigure)
     app.router.add_get("/healthz", hooks.healthz)
     app.router.add_post("/v1/whitelist", hooks.create)
     app.router.add_get("/v1/whitelist", hooks.list, allow_head=False)
@@ -409,4 +422,12 @@ def build_app(
     return app
 
 
-__all__ = ["MAX_BODY", "MAX_IN_FLIGHT", "ApiError", "Webhook", "build_app", "error_response"]
+__all__ = [
+    "MAX_BODY",
+    "MAX_IN_FLIGHT",
+    "WEBHOOK",
+    "ApiError",
+    "Webhook",
+    "build_app",
+    "error_response",
+]
