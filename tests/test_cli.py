@@ -16,7 +16,7 @@ import pytest
 
 from ratelimit.addresses import parse_ip
 from ratelimit.grants import Grants
-from ratelimit.store import Store
+from ratelimit.store import KeyLayout, Store
 from tests.helpers import RedisServer, free_port
 from tests.policy_helpers import (
     SMTP_WHITELIST,
@@ -194,6 +194,13 @@ async def test_add_list_show_remove(env: dict[str, str], redis_server: RedisServ
     assert events == [("grant", "cli"), ("refresh", "cli"), ("remove", "cli")]
 
 
+async def test_add_unconfirmed_by_replicas_exits_1(env: dict[str, str]) -> None:
+    # GRANT_MIN_REPLICAS=1 and a Redis without a replica: WAIT confirms nobody.
+    added = await cli("add", "192.0.2.44", env={**env, "SMTP_WHITELIST_GRANT_MIN_REPLICAS": "1"})
+    assert added.returncode == 1
+    assert_one_plain_line(added.stderr, "may not have been kept", "0 of 1 replicas")
+
+
 async def test_list_when_empty(env: dict[str, str]) -> None:
     result = await cli("list", "--json", env=env)
     assert result.returncode == 0
@@ -260,7 +267,9 @@ async def test_add_and_the_webhook_write_the_same_key(
     items = json.loads((await cli("list", "--json", env=env)).stdout)["items"]
     assert [(i["ip"], i["user"]) for i in items] == [("203.0.113.5", "dave")]
     assert (await cli("remove", "203.0.113.5", env=env)).returncode == 0
-    assert redis_server.cli("EXISTS", "cli:wl:203.0.113.5") == "0"
+    assert (
+        redis_server.cli("EXISTS", KeyLayout("cli:").grant("203.0.113.5", "203.0.113.5/32")) == "0"
+    )
 
 
 # -- query --------------------------------------------------------------------------------

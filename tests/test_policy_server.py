@@ -24,6 +24,7 @@ from policyd.protocol import MAX_ATTRIBUTES, MAX_LINE_BYTES, encode_request
 from ratelimit.addresses import parse_ip
 from ratelimit.grants import Grants
 from ratelimit.settings import ListenAddress
+from ratelimit.store import KeyLayout
 from tests.helpers import POSTFIX_37_REQUEST, RedisServer
 from tests.policy_helpers import (
     LOOPBACK_V4,
@@ -37,6 +38,7 @@ from tests.policy_helpers import (
     make_settings,
     policy_server,
 )
+from tests.redis_ha import RedisEndpoint
 
 DUNNO = "DUNNO"
 IP = "198.51.100.23"
@@ -328,7 +330,7 @@ async def test_missing_or_garbage_client_address_is_dunno(
 
 
 async def test_50_concurrent_connections_on_one_ip_admit_exactly_n(
-    redis_server: RedisServer,
+    redis_server: RedisEndpoint,
 ) -> None:
     settings = make_settings(redis_server.url, message_limits="7/1m")
     async with policy_server(settings) as running:
@@ -343,7 +345,7 @@ async def test_50_concurrent_connections_on_one_ip_admit_exactly_n(
 
 
 async def test_two_daemon_processes_admit_exactly_n_together(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisEndpoint, tmp_path: Path
 ) -> None:
     env = {
         "redis_url": redis_server.url,
@@ -363,7 +365,7 @@ async def test_two_daemon_processes_admit_exactly_n_together(
     finally:
         for daemon in daemons:
             daemon.stop()
-    assert redis_server.cli("ZCARD", f"twoproc:c:{IP}/32") == "10"
+    assert redis_server.cli("ZCARD", KeyLayout("twoproc:").client_log(f"{IP}/32")) == "10"
 
 
 async def test_many_requests_on_one_persistent_connection(redis_server: RedisServer) -> None:
