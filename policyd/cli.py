@@ -36,7 +36,7 @@ from ratelimit.settings import (
     load_settings,
     parse_listen,
 )
-from ratelimit.store import Store, StoreError, StoreUnavailable
+from ratelimit.store import NotReplicated, Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("policyd")
 
@@ -441,6 +441,9 @@ async def _cmd_add(args: argparse.Namespace, settings: Settings, env: Path | Non
             )
         except InvalidGrant as error:
             raise UsageError(str(error)) from None
+        except NotReplicated as error:
+            print(f"smtp-whitelist: the grant may not have been kept: {error}", file=sys.stderr)
+            return EXIT_FAILED
     verb = "granted" if created else "refreshed"
     print(f"{verb} {grant.ip} for {grant.user} until {_time(grant.expires_at)} ({grant.ttl} s)")
     return EXIT_OK

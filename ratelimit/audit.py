@@ -75,7 +75,11 @@ def _entry(entry_id: bytes | str, fields: dict[Any, Any]) -> AuditEntry:
 
 
 class AuditTrail:
-    """Reads the audit stream, newest first, with the CLI's filters."""
+    """Reads the audit streams, newest first, with the CLI's filters.
+
+    There is one stream per client network (a grant and its record share a slot on a Redis
+    Cluster), so a read finds them all by SCAN, on every master, and merges them by time.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -84,25 +88,35 @@ class AuditTrail:
         self, *, ip: str | None = None, user: str | None = None, last: int = 20
     ) -> list[AuditEntry]:
         """The ``last`` newest entries that match, returned oldest first (as a log reads)."""
-        client, key = self.store.client, self.store.keys.audit
+        client, keys = self.store.client, self.store.keys
 
-        async def read_chunk(upper: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        async def read_chunk(key: bytes, upper: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
             reply = await client.xrevrange(key, max=upper, min="-", count=READ_CHUNK)
             return cast(list[tuple[bytes, dict[bytes, bytes]]], reply)
 
-        found: list[AuditEntry] = []
-        upper = "+"
-        while len(found) < last:
-            # One bounded call per chunk: a rare user's entries may lie behind the whole
-            # stream, and reading all of it under one STORE_TIMEOUT would time out.
-            chunk = await self.store.call(functools.partial(read_chunk, upper))
-            if not chunk:
-                break
-            for entry_id, fields in chunk:
-                entry = _entry(entry_id, fields)
-                if (ip is None or entry.ip == ip) and (user is None or entry.user == user):
-                    found.append(entry)
-                    if len(found) == last:
-                        break
-            upper = "(" + _text(chunk[-1][0])
-        return list(reversed(found))
+        async def newest(key: bytes) -> list[tuple[tuple[int, int], AuditEntry]]:
+            """The ``last`` newest matching entries of one stream, with their ids' order."""
+            found: list[tuple[tuple[int, int], AuditEntry]] = []
+            upper = "+"
+            while len(found) < last:
+                # One bounded call per chunk: a rare user's entries may lie behind the whole
+                # stream, and reading all of it under one STORE_TIMEOUT could time out.
+                chunk = await self.store.call(functools.partial(read_chunk, key, upper))
+                if not chunk:
+                    break
+                for entry_id, fields in chunk:
+                    entry = _entry(entry_id, fields)
+                    if (ip is None or entry.ip == ip) and (user is None or entry.user == user):
+                        ms, _, seq = _text(entry_id).partition("-")
+                        found.append(((int(ms), int(seq or 0)), entry))
+                        if len(found) == last:
+                            break
+                upper = "(" + _text(chunk[-1][0])
+            return found
+
+        streams = await self.store.call(functools.partial(self.store.scan_keys, keys.audit_pattern))
+        found: list[tuple[tuple[int, int], AuditEntry]] = []
+        for key in streams:
+            found += await newest(key)
+        found.sort(key=lambda pair: pair[0], reverse=True)
+        return [entry for _, entry in reversed(found[:last])]

@@ -3,21 +3,32 @@
 The webhook and ``smtp-whitelist add`` write the same key through :class:`Grants`; the policy
 server only tests that the key exists (inside its decision script). Every grant, refresh and
 removal is recorded in the audit stream by the same atomic script that makes it.
+
+A grant is keyed under the client's counted network (:class:`~ratelimit.store.KeyLayout`), so
+the policy server's decision script finds it in the slot of the client's log; the per-user cap
+lives in the user's own slot. Granting is therefore two scripts: ``claim`` (cap, in the user's
+slot) then ``grant`` (the grant and its audit record, in the network's slot). A failure between
+them leaves the address listed in the user's index until the grant would have expired: the cap
+errs towards refusing, never towards more grants than allowed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ratelimit.addresses import IPAddress
+from ratelimit.addresses import IPAddress, client_network
 from ratelimit.audit import AUDIT_MAX_ENTRIES
 from ratelimit.grant_rules import check_grantable
 from ratelimit.settings import MAX_WHITELIST_TTL, Settings
-from ratelimit.store import Script, Store
+from ratelimit.store import Script, Store, StoreUnavailable
 
+log = logging.getLogger(__name__)
+
+_CLAIM = Script("claim")
 _GRANT = Script("grant")
 _REVOKE = Script("revoke")
 
@@ -86,6 +97,22 @@ class Grants:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.default_ttl = settings.whitelist_ttl
+        self.ipv4_prefix = settings.ipv4_prefix
+        self.ipv6_prefix = settings.ipv6_prefix
+
+    def _keys_of(self, ip: IPAddress) -> tuple[str, str]:
+        """The grant key and the audit stream of ``ip`` (both in its network's slot)."""
+        network = str(client_network(ip, self.ipv4_prefix, self.ipv6_prefix))
+        return self.store.keys.grant(str(ip), network), self.store.keys.audit(network)
+
+    async def _unlink(self, ip: str, user: str) -> None:
+        """Drop ``ip`` from ``user``'s index; on failure the entry only lingers until it would
+        have expired (it counts against that user's cap meanwhile), so a warning is enough."""
+        key = self.store.keys.user_grants(user)
+        try:
+            await self.store.call(lambda: self.store.client.zrem(key, ip))
+        except StoreUnavailable as error:
+            log.warning("could not unlink %s from %s's grants (%s)", ip, user, error)
 
     async def grant(
         self,
@@ -105,32 +132,37 @@ class Grants:
         TooManyGrants when ``user`` holds ``max_per_user`` other live grants. None: the
         operator's override, which has no cap and does not count against the user's.
         ``actor``: who made the change, when not the user (the operator), for the audit trail.
+        Raises NotReplicated (a StoreUnavailable) when ``GRANT_MIN_REPLICAS`` replicas did not
+        confirm the grant in time.
         """
         check_grantable(ip, user)
         ttl = self.default_ttl if ttl is None else ttl
         if not 1 <= ttl <= MAX_WHITELIST_TTL:
             raise ValueError(f"a grant lasts 1 to {MAX_WHITELIST_TTL} seconds, not {ttl}")
-        keys = self.store.keys
         address = str(ip)
-        reply = await self.store.run_script(
+        override = max_per_user is None
+        if not override:
+            # Refreshing one's own grant is always allowed, an override included.
+            current = await self.get(ip)
+            holds = "1" if current is not None and current.user == user else "0"
+            claim = await self.store.run_script(
+                _CLAIM,
+                [self.store.keys.user_grants(user)],
+                [address, ttl, max_per_user or 0, holds],
+            )
+            if claim[0] == -1:
+                raise TooManyGrants(int(claim[1]))
+        grant_key, audit_key = self._keys_of(ip)
+        reply = await self.store.run_script_confirmed(
             _GRANT,
-            [keys.grant(address), keys.user_grants(user), keys.audit],
-            [
-                address,
-                user,
-                role,
-                status,
-                source,
-                ttl,
-                max_per_user or 0,
-                AUDIT_MAX_ENTRIES,
-                keys.user_grants_prefix,
-                actor,
-            ],
+            [grant_key, audit_key],
+            [address, user, role, status, source, ttl, AUDIT_MAX_ENTRIES, actor],
         )
-        if reply[0] == -1:
-            raise TooManyGrants(int(reply[1]))
-        created, expires_ms, now_ms = (int(x) for x in reply)
+        created, expires_ms, now_ms = (int(x) for x in reply[:3])
+        holder = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
+        if holder and (holder != user or override):
+            # The address leaves the previous holder's count (an override never counts).
+            await self._unlink(address, holder)
         grant = Grant(
             ip=address,
             user=user,
@@ -145,10 +177,13 @@ class Grants:
 
     async def get(self, ip: IPAddress) -> Grant | None:
         """The live grant of ``ip``, if any."""
-        key = self.store.keys.grant(str(ip))
+        key, _ = self._keys_of(ip)
 
         async def read() -> list[Any]:
-            pipe = self.store.client.pipeline(transaction=True)
+            # One round trip, not a transaction: a grant that ends between the two reads has a
+            # negative PTTL and counts as gone. (redis-py 8.1's cluster client breaks its
+            # connections after a transaction pipeline, so none is used.)
+            pipe = self.store.client.pipeline(transaction=False)
             pipe.get(key)
             pipe.pttl(key)
             return list(await pipe.execute())
@@ -160,25 +195,21 @@ class Grants:
 
     async def revoke(self, ip: IPAddress, *, source: str, actor: str | None = None) -> Grant | None:
         """End the grant of ``ip`` now; the ended grant, or None when there was none."""
-        keys = self.store.keys
         raw = await self.store.run_script(
-            _REVOKE,
-            [keys.grant(str(ip)), keys.audit],
-            [str(ip), source, actor or "", AUDIT_MAX_ENTRIES, keys.user_grants_prefix],
+            _REVOKE, list(self._keys_of(ip)), [str(ip), source, actor or "", AUDIT_MAX_ENTRIES]
         )
         if not raw:
             return None
-        return _decode(str(ip), raw, 0)
+        grant = _decode(str(ip), raw, 0)
+        await self._unlink(grant.ip, grant.user)
+        return grant
 
     async def list(self) -> list[Grant]:
-        """Every live grant, soonest expiry first."""
+        """Every live grant, soonest expiry first (SCAN on every master of a cluster)."""
         keys = self.store.keys
-        cut = len(keys.grant(""))
 
         async def read() -> list[Grant]:
-            names: list[bytes] = []
-            async for name in self.store.client.scan_iter(keys.grant_pattern, count=SCAN_COUNT):
-                names.append(name)
+            names = await self.store.scan_keys(keys.grant_pattern, SCAN_COUNT)
             if not names:
                 return []
             pipe = self.store.client.pipeline(transaction=False)
@@ -190,7 +221,7 @@ class Grants:
             for i, name in enumerate(names):
                 raw, pttl = values[2 * i], values[2 * i + 1]
                 if raw is not None and pttl >= 0:
-                    found.append(_decode(name.decode()[cut:], raw, pttl))
+                    found.append(_decode(keys.address_of(name.decode()), raw, pttl))
             return found
 
         grants = await self.store.call(read)

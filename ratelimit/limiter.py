@@ -141,7 +141,14 @@ class Limiter:
             else:
                 keys = self.store.keys
                 ip = str(address)
-                found = (network, [keys.client_log(network), keys.grant(ip), keys.offender(ip)])
+                found = (
+                    network,
+                    [
+                        keys.client_log(network),
+                        keys.grant(ip, network),
+                        keys.offender(ip, network),
+                    ],
+                )
             if len(clients) >= MAX_REMEMBERED_CLIENTS:
                 clients.clear()
             clients[address] = found
@@ -174,7 +181,9 @@ class Limiter:
         network = self.network_of(address)
         keys = self.store.keys
         reply = await self.store.run_script(
-            _DECIDE, [keys.client_log(network), keys.grant(str(address))], ["usage", 0, *self._args]
+            _DECIDE,
+            [keys.client_log(network), keys.grant(str(address), network)],
+            ["usage", 0, *self._args],
         )
         used = list(reply[1:])
         limits = [(Counted.MESSAGES, lim) for lim in config.message_limits]

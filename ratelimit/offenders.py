@@ -89,21 +89,21 @@ class Offenders:
         Counted in whole clock hours: ``--since 1h`` reads this hour and the one before it.
         """
         client, keys = self.store.client, self.store.keys
-        cut = len(keys.offender(""))
 
         async def read() -> list[Offender]:
             names = [
                 name async for name in client.scan_iter(keys.offender_pattern, count=SCAN_COUNT)
             ]
+            # TIME on its own: a cluster pipeline refuses it.
+            seconds, _ = await client.time()
             pipe = client.pipeline(transaction=False)
-            pipe.time()
             for name in names:
                 pipe.hgetall(name)
-            (seconds, _), *hashes = await pipe.execute()
+            hashes = await pipe.execute() if names else []
             first_hour = (seconds - since) // 3600
             found = []
             for name, fields in zip(names, hashes, strict=True):
-                offender = offender_from_hash(_text(name)[cut:], fields, first_hour)
+                offender = offender_from_hash(keys.address_of(_text(name)), fields, first_hour)
                 if offender is not None:
                     found.append(offender)
             return found
@@ -118,7 +118,7 @@ class Offenders:
         keys = self.store.keys
         deleted = await self.store.run_script(
             _RESET,
-            [keys.client_log(network), keys.offender(ip), keys.audit],
+            [keys.client_log(network), keys.offender(ip, network), keys.audit(network)],
             [ip, source, actor, AUDIT_MAX_ENTRIES],
         )
         return int(deleted) > 0

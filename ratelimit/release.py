@@ -56,6 +56,12 @@ async def read_log(store: Store, network: str) -> tuple[list[tuple[int, int]], i
     key = store.keys.client_log(network)
 
     async def read() -> list[Any]:
+        if store.cluster:
+            # A cluster pipeline refuses TIME: the clock is read just before the log instead.
+            return [
+                await store.client.time(),
+                await store.client.zrange(key, 0, -1, withscores=True),
+            ]
         pipe = store.client.pipeline(transaction=True)
         pipe.time()
         pipe.zrange(key, 0, -1, withscores=True)

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ratelimit.actions import check_action
 from ratelimit.addresses import IPNetwork, parse_networks
+from ratelimit.connections import parse_redis_url
 from ratelimit.env_file import env_file_problems
 from ratelimit.limits import Limit, parse_limits
 
@@ -199,12 +200,13 @@ class Settings(BaseSettings):
     session_max_age: int = Field(1800, ge=10, le=7 * 86400)
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     page_url: str = ""
+    # A replica count above a handful is no deployment's; WAIT for more would only time out.
+    grant_min_replicas: int = Field(0, ge=0, le=16)
 
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        parse_redis_url(value)  # raises ValueError naming what is wrong
         return value
 
     @field_validator("key_prefix")

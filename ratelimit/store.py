@@ -16,12 +16,12 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from hiredis import pack_command
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from ratelimit.connections import build_client, close_client
+from ratelimit.node_calls import Command, connection_for, execute_on_nodes, roundtrip
 from ratelimit.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,11 @@ class StoreError(StoreUnavailable):
     answered an error", not "unreachable". It is a StoreUnavailable all the same, because for a
     decision or a grant the outcome is the same: the call did not happen.
     """
+
+
+class NotReplicated(StoreUnavailable):
+    """The write was made on the master, but fewer replicas than required confirmed it in time:
+    a failover now could lose it, so it must not be reported as kept."""
 
 
 class CircuitBreaker:
@@ -149,6 +154,10 @@ class KeyLayout:
     """Every key name, in one place (the README documents the same layout).
 
     Only normalised values (``ipaddress`` output, validated user names) are ever put in a key.
+    The part in braces is the key's hash tag: on a Redis Cluster only it decides the slot, so
+    every key one script touches carries the same tag. A client's log, the grants of the
+    addresses in it and their audit records are tagged with the client's counted network; a
+    user's grant index with the user.
     """
 
     def __init__(self, prefix: str) -> None:
@@ -156,32 +165,39 @@ class KeyLayout:
 
     def client_log(self, network: str) -> str:
         """Sorted set: one member per accepted message of a client network, scored by time."""
-        return f"{self.prefix}c:{network}"
+        return f"{self.prefix}c:{{{network}}}"
 
-    def grant(self, ip: str) -> str:
-        """String (JSON) with a TTL: the client at this exact address is not limited."""
-        return f"{self.prefix}wl:{ip}"
+    def grant(self, ip: str, network: str) -> str:
+        """String (JSON) with a TTL: the client at this exact address (counted under
+        ``network``) is not limited."""
+        return f"{self.prefix}wl:{{{network}}}:{ip}"
 
     @property
     def grant_pattern(self) -> str:
         return f"{self.prefix}wl:*"
 
+    @staticmethod
+    def address_of(key: str) -> str:
+        """The address a grant or offender key is for."""
+        return key.rsplit("}:", 1)[-1]
+
     def user_grants(self, user: str) -> str:
         """Sorted set: the addresses one user has granted, scored by expiry (ms)."""
-        return f"{self.prefix}u:{user}"
+        return f"{self.prefix}u:{{{user}}}"
+
+    def audit(self, network: str) -> str:
+        """Stream: grants, refreshes and removals of the addresses counted under ``network``
+        (one stream per network, so a grant and its record are written in one slot)."""
+        return f"{self.prefix}audit:{{{network}}}"
 
     @property
-    def user_grants_prefix(self) -> str:
-        return f"{self.prefix}u:"
+    def audit_pattern(self) -> str:
+        return f"{self.prefix}audit:*"
 
-    @property
-    def audit(self) -> str:
-        """Stream: grants, refreshes and removals."""
-        return f"{self.prefix}audit"
-
-    def offender(self, ip: str) -> str:
-        """Hash with a TTL: a client address' refusals per hour, its last limit and refusal."""
-        return f"{self.prefix}o:{ip}"
+    def offender(self, ip: str, network: str) -> str:
+        """Hash with a TTL: a client address' refusals per hour, its last limit and refusal
+        (tagged with the network it is counted under, as the decision script touches it)."""
+        return f"{self.prefix}o:{{{network}}}:{ip}"
 
     @property
     def offender_pattern(self) -> str:
@@ -204,37 +220,44 @@ class Script:
 class Store:
     """One Redis connection pool with bounded calls. Build it once; share it."""
 
-    def __init__(self, client: aioredis.Redis, keys: KeyLayout, timeout: float) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis | RedisCluster,
+        keys: KeyLayout,
+        timeout: float,
+        min_replicas: int = 0,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.timeout = timeout
+        self.min_replicas = min_replicas  # GRANT_MIN_REPLICAS: see run_script_confirmed
+        self.cluster = isinstance(client, RedisCluster)
         self._batch: list[_Pending] = []
         self._batch_since = 0.0  # loop time the oldest decision of the next batch arrived
         self._flusher: asyncio.Task[None] | None = None
         self._connection: Any = None  # the flusher's own connection, kept between batches
-        self.breaker = CircuitBreaker(self.client.ping, timeout)
+        self.breaker = CircuitBreaker(self._probe, timeout)
+        self._slot_reloader: asyncio.Task[None] | None = None  # cluster only
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
         """A store for ``settings``; the pool connects lazily and reconnects by itself."""
-        client = aioredis.from_url(
-            settings.redis_url,
-            # No socket timeout: every call is bounded by STORE_TIMEOUT in call() or the
-            # batch's deadline. With one, redis-py writes each command under asyncio.wait_for,
-            # which on Python 3.11 loses a cancellation arriving as the write completes
-            # (CPython gh-86296), so the store's own deadline could expire in silence.
-            socket_timeout=None,
-            socket_connect_timeout=settings.store_timeout,
-            max_connections=MAX_POOL_CONNECTIONS,
-            health_check_interval=0,
-            # Every pooled command: once more at once, on the same connection object
-            # reconnected, when it fails as a closed connection does (STALE_CONNECTION_ERRORS);
-            # the caller's STORE_TIMEOUT bounds both tries together.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            retry_on_timeout=False,
-            decode_responses=False,
+        client = build_client(settings.redis_url, settings.store_timeout, MAX_POOL_CONNECTIONS)
+        return cls(
+            client,
+            KeyLayout(settings.key_prefix),
+            settings.store_timeout,
+            settings.grant_min_replicas,
         )
-        return cls(client, KeyLayout(settings.key_prefix), settings.store_timeout)
+
+    async def _probe(self) -> None:
+        """The breaker's probe: PING, on a cluster every master (after reloading the slot map,
+        so a promoted replica is found)."""
+        if isinstance(self.client, RedisCluster):
+            await self.client.nodes_manager.initialize()
+            await self.client.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            await self.client.ping()
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis operation within the timeout; any failure is StoreUnavailable."""
@@ -261,7 +284,62 @@ class Store:
                 await self.client.script_load(script.source)
                 return await self.client.evalsha(script.sha, len(keys), *keys, *args)
 
-        return await self.call(run)
+        async def run_on_node() -> Any:
+            # redis-py 8.1's cluster client breaks its connections on the SCRIPT LOAD that
+            # follows a NOSCRIPT ("attached to a different loop"), so on a cluster the script
+            # runs on a connection lent by the key's node, loaded there when missing.
+            async with connection_for(self.client, keys[0]) as connection:
+                result, _ = await script_then(connection, script, keys, args, None)
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        return await self.call(run_on_node if self.cluster else run)
+
+    async def run_script_confirmed(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Like :meth:`run_script`, then, with ``min_replicas`` set, ``WAIT`` for that many
+        replicas on the same connection (WAIT counts that connection's writes only).
+
+        Raises :class:`NotReplicated` when fewer confirm within STORE_TIMEOUT: the write is on
+        the master but a failover could still lose it. The whole exchange may take twice
+        STORE_TIMEOUT: the script's own time and WAIT's.
+        """
+        if not self.min_replicas:
+            return await self.run_script(script, keys, args)
+        wait = ("WAIT", self.min_replicas, max(1, round(self.timeout * 1000)))
+
+        async def run() -> tuple[Any, Any]:
+            async with connection_for(self.client, keys[0]) as connection:
+                return await script_then(connection, script, keys, args, wait)
+
+        self.breaker.check()
+        try:
+            async with asyncio.timeout(2 * self.timeout):
+                result, acked = await run()
+        except (RedisError, OSError, TimeoutError) as error:
+            self.breaker.failed(_describe(error))
+            raise StoreUnavailable(_describe(error)) from error
+        self.breaker.succeeded()
+        if isinstance(result, Exception):
+            raise StoreError(f"Redis answered an error: {_describe(result)}")
+        if isinstance(acked, Exception) or int(acked) < self.min_replicas:
+            confirmed = 0 if isinstance(acked, Exception) else int(acked)
+            raise NotReplicated(
+                f"only {confirmed} of {self.min_replicas} replicas confirmed the write in"
+                f" {self.timeout:g}s: it may not have been kept"
+            )
+        return result
+
+    def pipeline(self) -> Any:
+        """Commands sent together: a MULTI/EXEC transaction on one Redis; on a cluster a plain
+        pipeline (each command atomic on its own), as redis-py 8.1's cluster transactions were
+        seen to break the client's connections for the calls after them."""
+        return self.client.pipeline(transaction=not self.cluster)
+
+    async def scan_keys(self, pattern: str, count: int = 1000) -> list[bytes]:
+        """Every key matching ``pattern``, by SCAN (never KEYS); on a cluster, on every master.
+        Call it inside :meth:`call`."""
+        return [key async for key in self.client.scan_iter(pattern, count=count)]
 
     async def run_script_batched(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """Like :meth:`run_script`, but calls made together share one round trip: those of one
@@ -330,8 +408,10 @@ class Store:
         for (*_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
-            if isinstance(result, Exception):
+            if isinstance(result, ResponseError):
                 future.set_exception(StoreError(f"Redis answered an error: {_describe(result)}"))
+            elif isinstance(result, Exception):  # on a cluster: the node of this decision failed
+                future.set_exception(StoreUnavailable(_describe(result)))
             else:
                 future.set_result(result)
 
@@ -343,6 +423,8 @@ class Store:
         of a decision (profiled, BENCHMARKS.md). An error reply (NOSCRIPT after a Redis restart)
         is a result, so the caller can retry just those.
         """
+        if isinstance(self.client, RedisCluster):
+            return await self._execute_on_cluster(batch)
         pool = self.client.connection_pool
         connection = self._connection
         kept = connection is not None
@@ -352,18 +434,14 @@ class Store:
             self._connection = connection
         results: list[Any] = []
         try:
-            packed = b"".join(
+            await roundtrip(
+                connection,
                 [
-                    pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+                    ("EVALSHA", script.sha, len(keys), *keys, *args)
                     for script, keys, args, _ in batch
-                ]
+                ],
+                results,
             )
-            await connection.send_packed_command(packed, check_health=False)
-            for _ in batch:
-                try:
-                    results.append(await connection.read_response(disable_decoding=True))
-                except ResponseError as error:
-                    results.append(error)
         except BaseException as error:
             # Replies may still be on their way: this connection can never be trusted again.
             self._connection = None
@@ -376,16 +454,68 @@ class Store:
             raise
         return results
 
+    async def _execute_on_cluster(self, batch: list[_Pending]) -> list[Any]:
+        """A batch on a cluster: each decision's keys share one slot (KeyLayout's hash tags);
+        the decisions for each node go in one write, all nodes at once."""
+        client = self.client
+        if not isinstance(client, RedisCluster):  # pragma: no cover - only called for a cluster
+            raise TypeError("not a cluster client")
+        replies = await execute_on_nodes(
+            client,
+            [
+                (keys[0], ("EVALSHA", script.sha, len(keys), *keys, *args))
+                for script, keys, args, _ in batch
+            ],
+        )
+        failed = [
+            r for r in replies if isinstance(r, RedisConnectionError | OSError | TimeoutError)
+        ]
+        if failed and (self._slot_reloader is None or self._slot_reloader.done()):
+            self._slot_reloader = asyncio.get_running_loop().create_task(self._reload_slots())
+        if failed and len(failed) == len(replies):
+            raise failed[0]  # every node failed: one failure for the breaker
+        return replies
+
+    async def _reload_slots(self) -> None:
+        """After a node failed: reload the slot map (a replica may have been promoted), then
+        pause a probe interval, so a long failover reloads it twice a second, not per batch."""
+        if not isinstance(self.client, RedisCluster):  # pragma: no cover - cluster only
+            return
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(self.timeout):
+                await self.client.nodes_manager.initialize()
+        await asyncio.sleep(self.breaker.interval)
+
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
         await self.call(self.client.ping)
 
     async def aclose(self) -> None:
-        if self._connection is not None:
+        if self._connection is not None and not isinstance(self.client, RedisCluster):
             await self.client.connection_pool.release(self._connection)
             self._connection = None
         await self.breaker.aclose()
-        await self.client.aclose()
+        if self._slot_reloader is not None:
+            self._slot_reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._slot_reloader
+        await close_client(self.client)
+
+
+async def script_then(
+    connection: Any, script: Script, keys: list[str], args: list[Any], then: Command | None
+) -> tuple[Any, Any]:
+    """Run ``script`` on ``connection`` (loading it there on NOSCRIPT), then ``then`` on the same
+    connection; both replies (an error reply as its exception; ``then``'s None when not run)."""
+    evalsha = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    # ``then`` only once the script has run: a WAIT after a NOSCRIPT would wait in vain.
+    [result] = await roundtrip(connection, [evalsha])
+    if isinstance(result, NoScriptError):
+        result = (await roundtrip(connection, [("SCRIPT", "LOAD", script.source), evalsha]))[1]
+    if isinstance(result, Exception) or then is None:
+        return result, None
+    [answer] = await roundtrip(connection, [then])
+    return result, answer
 
 
 def _describe(error: BaseException) -> str:

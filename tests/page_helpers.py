@@ -80,11 +80,11 @@ class Page:
 
     def code_key(self, session_id: str) -> str:
         digest = hashlib.sha256(session_id.encode()).hexdigest()
-        return f"{self.settings.key_prefix}page:c:{digest}"
+        return f"{self.settings.key_prefix}page:c:{{{digest}}}"
 
     def session_key(self, session_id: str) -> str:
         digest = hashlib.sha256(session_id.encode()).hexdigest()
-        return f"{self.settings.key_prefix}page:s:{digest}"
+        return f"{self.settings.key_prefix}page:s:{{{digest}}}"
 
     def read_code(self, session_id: str) -> str | None:
         """The current verification code, read from the test's own Redis (as a person reads

@@ -12,7 +12,7 @@ import json
 
 from ratelimit.audit import AUDIT_MAX_ENTRIES, AuditTrail
 from ratelimit.settings import Settings
-from ratelimit.store import Store
+from ratelimit.store import KeyLayout, Store
 from tests.support import RedisServer, clean_env, run_cli
 
 RARE = 3
@@ -33,7 +33,14 @@ return redis.call('XLEN', KEYS[1])
 
 
 def _fill(redis: RedisServer) -> None:
-    length = redis.cli("EVAL", _FILL, "1", "swl:audit", str(RARE), str(AUDIT_MAX_ENTRIES))
+    length = redis.cli(
+        "EVAL",
+        _FILL,
+        "1",
+        KeyLayout("swl:").audit("192.0.2.0/24"),
+        str(RARE),
+        str(AUDIT_MAX_ENTRIES),
+    )
     assert int(length) == AUDIT_MAX_ENTRIES + RARE
 
 

@@ -169,6 +169,15 @@ async def test_add_list_show_remove(env: dict[str, str], redis_server: RedisServ
     assert events == [("grant", "cli"), ("refresh", "cli"), ("remove", "cli")]
 
 
+async def test_add_unconfirmed_by_replicas_exits_1(env: dict[str, str]) -> None:
+    # GRANT_MIN_REPLICAS=1 and a Redis without a replica: WAIT confirms nobody.
+    added = await run_cli_async(
+        "add", "192.0.2.44", env={**env, "SMTP_WHITELIST_GRANT_MIN_REPLICAS": "1"}
+    )
+    assert added.returncode == 1
+    assert_one_plain_line(added.stderr, "may not have been kept", "0 of 1 replicas")
+
+
 async def test_list_when_empty(env: dict[str, str]) -> None:
     result = await run_cli_async("list", "--json", env=env)
     assert result.returncode == 0

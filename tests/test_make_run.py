@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ratelimit.store import KeyLayout
 from tests.support import (
     BlockingPolicyClient,
     RedisServer,
@@ -155,4 +156,4 @@ def test_make_run_uses_a_running_redis(
     assert "private redis-server" not in text
     assert not (clone / "run").exists()
     assert port_open("127.0.0.1", redis_server.port)  # theirs, left running
-    assert redis_server.cli("EXISTS", "swl:c:192.0.2.60/32") == "1"
+    assert redis_server.cli("EXISTS", KeyLayout("swl:").client_log("192.0.2.60/32")) == "1"

@@ -16,6 +16,7 @@ import redis
 from ratelimit.limits import Limit
 from ratelimit.offenders import offender_from_hash, parse_span
 from ratelimit.release import release_time
+from ratelimit.store import KeyLayout
 from tests.support import (
     BlockingPolicyClient,
     PolicydProcess,
@@ -153,7 +154,7 @@ def test_one_compromised_line_under_two_daemons(redis_server: RedisServer, tmp_p
 
         # The counts live in Redis with a TTL, in the key layout's offender key.
         r = redis.Redis.from_url(redis_server.url)
-        assert 0 < r.ttl(f"off:o:{ip}") <= 25 * 3600
+        assert 0 < r.ttl(KeyLayout("off:").offender(ip, f"{ip}/32")) <= 25 * 3600
     finally:
         for d in daemons:
             d.stop()
@@ -185,7 +186,9 @@ def test_show_says_when_the_client_may_send_again(
     finally:
         daemon.stop()
     r = redis.Redis.from_url(redis_server.url)
-    entries: list[tuple[bytes, float]] = r.zrange(f"shw:c:{ip}/32", 0, -1, withscores=True)  # type: ignore[assignment]
+    entries: list[tuple[bytes, float]] = r.zrange(
+        KeyLayout("shw:").client_log(f"{ip}/32"), 0, -1, withscores=True
+    )  # type: ignore[assignment]
     oldest = entries[0][1]
     shown = json.loads(run_cli("show", ip, "--json", env=env).stdout)
     assert shown["refused_now"] is True

@@ -132,7 +132,7 @@ def code_from_redis(redis_url: str, prefix: str, driver: WebDriver) -> str:
     digest = hashlib.sha256(cookie["value"].encode()).hexdigest()
     client = redis.Redis.from_url(redis_url)
     try:
-        raw = client.get(f"{prefix}page:c:{digest}")
+        raw = client.get(f"{prefix}page:c:{{{digest}}}")
     finally:
         client.close()
     assert isinstance(raw, bytes)

@@ -24,6 +24,8 @@ from policyd.protocol import MAX_ATTRIBUTES, MAX_LINE_BYTES, encode_request
 from ratelimit.addresses import parse_ip
 from ratelimit.grants import Grants
 from ratelimit.settings import ListenAddress
+from ratelimit.store import KeyLayout
+from tests.redis_ha import RedisEndpoint
 from tests.support import (
     LOOPBACK_V4,
     LOOPBACK_V6,
@@ -329,7 +331,7 @@ async def test_missing_or_garbage_client_address_is_dunno(
 
 
 async def test_50_concurrent_connections_on_one_ip_admit_exactly_n(
-    redis_server: RedisServer,
+    redis_server: RedisEndpoint,
 ) -> None:
     settings = make_settings(redis_server.url, message_limits="7/1m")
     async with policy_server(settings) as running:
@@ -344,7 +346,7 @@ async def test_50_concurrent_connections_on_one_ip_admit_exactly_n(
 
 
 async def test_two_daemon_processes_admit_exactly_n_together(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisEndpoint, tmp_path: Path
 ) -> None:
     env = {
         "redis_url": redis_server.url,
@@ -364,7 +366,7 @@ async def test_two_daemon_processes_admit_exactly_n_together(
     finally:
         for daemon in daemons:
             daemon.stop()
-    assert redis_server.cli("ZCARD", f"twoproc:c:{IP}/32") == "10"
+    assert redis_server.cli("ZCARD", KeyLayout("twoproc:").client_log(f"{IP}/32")) == "10"
 
 
 async def test_many_requests_on_one_persistent_connection(redis_server: RedisServer) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ratelimit.connections import HaUrl, parse_redis_url
 from ratelimit.limits import Limit
 from ratelimit.settings import (
     DEFAULT_LIMIT_REPLY,
@@ -101,6 +102,13 @@ def test_missing_env_file_is_named(tmp_path: Path) -> None:
 
 BAD = [
     ("REDIS_URL", "http://127.0.0.1:6379"),
+    ("REDIS_URL", "redis+sentinel://127.0.0.1:26379"),
+    ("REDIS_URL", "redis+sentinel://127.0.0.1:26379/mymaster/zero"),
+    ("REDIS_URL", "redis+sentinel://127.0.0.1/mymaster"),
+    ("REDIS_URL", "redis+cluster://127.0.0.1:7000/0"),
+    ("REDIS_URL", "redis+cluster://127.0.0.1:7000,:7001"),
+    ("GRANT_MIN_REPLICAS", "-1"),
+    ("GRANT_MIN_REPLICAS", "all"),
     ("KEY_PREFIX", "has space"),
     ("KEY_PREFIX", ""),
     ("POLICY_LISTEN", "localhost"),
@@ -196,6 +204,22 @@ def test_masked_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert SECRET not in repr(shown)
     assert "hunter2" not in repr(shown)
     assert shown[PREFIX + "MESSAGE_LIMITS"] == "100/1h"
+
+
+def test_sentinel_and_cluster_urls() -> None:
+    sentinel = parse_redis_url("redis+sentinel://:pw%40x@10.0.0.1:26379,[::1]:26380/relay/2")
+    assert sentinel == HaUrl(
+        "sentinel", (("10.0.0.1", 26379), ("::1", 26380)), None, "pw@x", "relay", 2
+    )
+    cluster = parse_redis_url("redis+cluster://app:secret@r1:7000,r2:7001")
+    assert cluster == HaUrl("cluster", (("r1", 7000), ("r2", 7001)), "app", "secret")
+    assert parse_redis_url("redis://127.0.0.1:6379/0") is None
+
+
+def test_masked_hides_sentinel_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PREFIX + "REDIS_URL", "redis+sentinel://:hunter2hunter2@s1:26379/relay")
+    shown = load_settings(None).masked()
+    assert shown[PREFIX + "REDIS_URL"] == "redis+sentinel://********@s1:26379/relay"
 
 
 def test_parse_listen() -> None:

@@ -17,7 +17,7 @@ import pytest
 from ratelimit.addresses import parse_ip
 from ratelimit.grants import Grants
 from ratelimit.settings import MAX_WHITELIST_TTL
-from ratelimit.store import Store
+from ratelimit.store import KeyLayout, Store
 from tests.support import RedisServer, clean_env, free_port, make_settings, policy_server, run_cli
 from tests.test_webhook_api import grant_body, serving
 from webhook.registered_name import RegisteredNameChecker
@@ -39,7 +39,7 @@ def test_add_ttl_beyond_the_bound_is_bad_usage(redis_server: RedisServer, ttl: s
     assert result.returncode == 2, result
     assert "--ttl" in result.stderr
     assert "unreachable" not in result.stderr
-    assert redis_server.cli("EXISTS", f"swl:wl:{IP}") == "0"
+    assert redis_server.cli("EXISTS", KeyLayout("swl:").grant(IP, f"{IP}/32")) == "0"
     longest = run_cli("add", IP, "--ttl", str(MAX_WHITELIST_TTL), env=env)
     assert longest.returncode == 0, longest.stderr
 

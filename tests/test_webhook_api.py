@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import secrets
@@ -24,7 +25,7 @@ from yarl import URL
 
 from ratelimit.addresses import parse_networks
 from ratelimit.settings import ListenAddress, Settings
-from ratelimit.store import Store
+from ratelimit.store import KeyLayout, Store
 from tests.dns_server import Dnsmasq, Zone, running_dnsmasq, silent_dns_server
 from tests.support import (
     RedisServer,
@@ -32,6 +33,7 @@ from tests.support import (
     make_settings,
     require_tool,
     signature_headers,
+    wait_for,
     webhook_app,
 )
 from webhook import auth
@@ -41,6 +43,7 @@ from webhook.serve import start_webhook
 
 SECRET = "test-secret-" + "k" * 40
 PREFIX = "swl:"
+KEYS = KeyLayout(PREFIX)
 TTL = 3600
 ALLOWED = "192.0.2.0/24,198.51.100.0/24,2001:db8::/32"
 
@@ -201,11 +204,21 @@ async def webhook(redis_server: RedisServer, dnsmasq: Dnsmasq) -> AsyncIterator[
 
 
 async def _grant_ttl(hook: Webhook, ip: str) -> int:
-    return int(await hook.redis.ttl(f"{PREFIX}wl:{ip}"))
+    return int(await hook.redis.ttl(_grant_key(ip)))
+
+
+def _grant_key(ip: str) -> str:
+    """The grant key of ``ip`` under the default prefixes (/32, /64)."""
+    network = ipaddress.ip_network((ip, 32 if ":" not in ip else 64), strict=False)
+    return KEYS.grant(ip, str(network))
 
 
 async def _audit(hook: Webhook) -> list[dict[str, str]]:
-    entries = await hook.redis.xrange(f"{PREFIX}audit")
+    """Every audit record, oldest first, from every network's stream."""
+    entries: list[Any] = []
+    for key in await hook.redis.keys(KEYS.audit_pattern):
+        entries += await hook.redis.xrange(key) or []
+    entries.sort(key=lambda entry: tuple(int(x) for x in str(entry[0]).split("-")))
     return [{str(k): str(v) for k, v in (fields or {}).items()} for _, fields in entries or []]
 
 
@@ -231,7 +244,7 @@ async def test_new_grant_is_201_and_written_to_redis(webhook: Webhook) -> None:
 
 async def test_second_post_refreshes_to_full_ttl_with_200(webhook: Webhook) -> None:
     assert (await webhook.portal.call("POST", "/v1/whitelist", grant_body())).status == 201
-    await webhook.redis.expire(f"{PREFIX}wl:192.0.2.10", 60)
+    await webhook.redis.expire(_grant_key("192.0.2.10"), 60)
     answer = await webhook.portal.call("POST", "/v1/whitelist", grant_body())
     assert answer.status == 200
     assert answer.body["ttl"] == TTL
@@ -243,7 +256,7 @@ async def test_ipv6_grant_and_ipv4_mapped_address(webhook: Webhook) -> None:
     assert (answer.status, answer.body["ip"]) == (201, "2001:db8::10")
     answer = await webhook.portal.call("POST", "/v1/whitelist", grant_body("::ffff:192.0.2.10"))
     assert (answer.status, answer.body["ip"]) == (201, "192.0.2.10")
-    assert await webhook.redis.exists(f"{PREFIX}wl:2001:db8::10", f"{PREFIX}wl:192.0.2.10") == 2
+    assert await webhook.redis.exists(_grant_key("2001:db8::10"), _grant_key("192.0.2.10")) == 2
 
 
 async def test_get_one_grant_and_404(webhook: Webhook) -> None:
@@ -286,7 +299,7 @@ async def test_delete_ends_the_grant(webhook: Webhook) -> None:
     await webhook.portal.call("POST", "/v1/whitelist", grant_body())
     answer = await webhook.portal.call("DELETE", "/v1/whitelist/192.0.2.10")
     assert (answer.status, answer.body) == (204, None)
-    assert await webhook.redis.exists(f"{PREFIX}wl:192.0.2.10") == 0
+    assert await webhook.redis.exists(_grant_key("192.0.2.10")) == 0
     again = await webhook.portal.call("DELETE", "/v1/whitelist/192.0.2.10")
     assert (again.status, again.body["error"]) == (404, "not_found")
     events = [(e.get("event"), e.get("source")) for e in await _audit(webhook)]
@@ -319,7 +332,7 @@ async def test_not_eligible_is_403(webhook: Webhook, role: str, status: str) -> 
         "POST", "/v1/whitelist", grant_body(role=role, status=status)
     )
     assert (answer.status, answer.body["error"]) == (403, "not_eligible")
-    assert await webhook.redis.exists(f"{PREFIX}wl:192.0.2.10") == 0
+    assert await webhook.redis.exists(_grant_key("192.0.2.10")) == 0
 
 
 @pytest.mark.parametrize(("role", "status"), [("student", "normal"), ("student", "resumption")])
@@ -355,14 +368,14 @@ async def test_no_registered_name_is_422(webhook: Webhook, ip: str) -> None:
     # resolves elsewhere / outside the suffix / no PTR at all
     answer = await webhook.portal.call("POST", "/v1/whitelist", grant_body(ip))
     assert (answer.status, answer.body["error"]) == (422, "no_registered_name")
-    assert await webhook.redis.exists(f"{PREFIX}wl:{ip}") == 0
+    assert await webhook.redis.exists(_grant_key(ip)) == 0
 
 
 async def test_dns_failure_is_502(webhook: Webhook) -> None:
     # 198.51.100.0/24 is allowed, but the test DNS server refuses queries for it.
     answer = await webhook.portal.call("POST", "/v1/whitelist", grant_body("198.51.100.5"))
     assert (answer.status, answer.body["error"]) == (502, "dns_error")
-    assert await webhook.redis.exists(f"{PREFIX}wl:198.51.100.5") == 0
+    assert await webhook.redis.exists(_grant_key("198.51.100.5")) == 0
 
 
 async def test_dns_timeout_is_504(redis_server: RedisServer) -> None:
@@ -373,7 +386,7 @@ async def test_dns_timeout_is_504(redis_server: RedisServer) -> None:
             answer = await hook.portal.call("POST", "/v1/whitelist", grant_body())
             assert (answer.status, answer.body["error"]) == (504, "dns_timeout")
             assert time.monotonic() - started < 3
-            assert await hook.redis.exists(f"{PREFIX}wl:192.0.2.10") == 0
+            assert await hook.redis.exists(_grant_key("192.0.2.10")) == 0
 
 
 async def test_without_suffix_no_dns_is_asked(redis_server: RedisServer) -> None:
@@ -389,7 +402,7 @@ async def test_too_many_grants_is_429_but_refresh_is_allowed(webhook: Webhook) -
         assert (await webhook.portal.call("POST", "/v1/whitelist", grant_body(ip))).status == 201
     answer = await webhook.portal.call("POST", "/v1/whitelist", grant_body("192.0.2.13"))
     assert (answer.status, answer.body["error"]) == (429, "too_many_grants")
-    assert await webhook.redis.exists(f"{PREFIX}wl:192.0.2.13") == 0
+    assert await webhook.redis.exists(_grant_key("192.0.2.13")) == 0
     refresh = await webhook.portal.call("POST", "/v1/whitelist", grant_body("192.0.2.11"))
     assert refresh.status == 200
     other = await webhook.portal.call("POST", "/v1/whitelist", grant_body("192.0.2.13", user="bob"))
@@ -485,14 +498,14 @@ async def test_path_altered_after_signing_is_401(webhook: Webhook) -> None:
         "DELETE", "/v1/whitelist/192.0.2.10", sign_path="/v1/whitelist/192.0.2.11"
     )
     assert (answer.status, answer.body["error"]) == (401, "unauthorized")
-    assert await webhook.redis.exists(f"{PREFIX}wl:192.0.2.10") == 1
+    assert await webhook.redis.exists(_grant_key("192.0.2.10")) == 1
 
 
 async def test_method_altered_after_signing_is_401(webhook: Webhook) -> None:
     await webhook.portal.call("POST", "/v1/whitelist", grant_body())
     answer = await webhook.portal.call("DELETE", "/v1/whitelist/192.0.2.10", sign_method="GET")
     assert answer.status == 401
-    assert await webhook.redis.exists(f"{PREFIX}wl:192.0.2.10") == 1
+    assert await webhook.redis.exists(_grant_key("192.0.2.10")) == 1
 
 
 async def test_reused_nonce_is_409_replayed(webhook: Webhook) -> None:
@@ -503,7 +516,7 @@ async def test_reused_nonce_is_409_replayed(webhook: Webhook) -> None:
     await webhook.portal.call("DELETE", "/v1/whitelist/192.0.2.10")
     replay = await webhook.portal.call("POST", "/v1/whitelist", grant_body(), nonce=nonce)
     assert (replay.status, replay.body["error"]) == (409, "replayed")
-    assert await webhook.redis.exists(f"{PREFIX}wl:192.0.2.10") == 0
+    assert await webhook.redis.exists(_grant_key("192.0.2.10")) == 0
 
 
 async def test_replay_is_refused_by_another_webhook_process(
@@ -642,3 +655,48 @@ async def test_body_over_4_kib_is_413_before_the_signature_is_checked(webhook: W
     body = json.dumps({**grant_body(), "pad": "x" * MAX_BODY}).encode()
     answer = await webhook.portal.call("POST", "/v1/whitelist", body=body, signed=False)
     assert (answer.status, answer.body["error"]) == (413, "too_large")
+
+
+# -- GRANT_MIN_REPLICAS ------------------------------------------------------------------------
+
+
+async def test_grant_min_replicas_answers_503_until_a_replica_confirms(
+    redis_server: RedisServer, dnsmasq: Dnsmasq, tmp_path: Path
+) -> None:
+    checker = RegisteredNameChecker("campus.example", [dnsmasq.server], lifetime=2.0)
+    # STORE_TIMEOUT is also how long WAIT waits: generous, so a busy machine's replica answers.
+    async with serving(redis_server, checker, grant_min_replicas=1, store_timeout=2.0) as hook:
+        # No replica at all: WAIT 1 reports 0 after STORE_TIMEOUT, so the grant is not confirmed.
+        answer = await hook.portal.call("POST", "/v1/whitelist", grant_body())
+        assert answer.status == 503
+        assert answer.body["error"] == "store_unavailable"
+        assert "may not have been kept" in answer.body["detail"]
+        assert "0 of 1 replicas" in answer.body["detail"]
+        assert "Retry-After" in answer.headers
+        # Without this the master holds a new replica's first sync back by 5 s.
+        redis_server.cli("CONFIG", "SET", "repl-diskless-sync-delay", "0")
+        replica = RedisServer(
+            require_tool("redis-server"),
+            tmp_path / "replica",
+            [
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--replicaof",
+                "127.0.0.1",
+                str(redis_server.port),
+            ],
+        )
+        replica.start()
+        try:
+            wait_for(
+                lambda: "master_link_status:up" in replica.cli("INFO", "replication"),
+                what="the replica's link to its master",
+            )
+            # The first attempt did reach the master, so this one refreshes it: 200, confirmed.
+            answer = await hook.portal.call("POST", "/v1/whitelist", grant_body())
+            assert answer.status == 200
+            assert replica.cli("EXISTS", _grant_key("192.0.2.10")) == "1"
+        finally:
+            replica.stop()

@@ -28,7 +28,7 @@ from ratelimit.grants import Grant, Grants
 from ratelimit.metrics import Metrics
 from ratelimit.nonces import NonceLedger
 from ratelimit.settings import Settings
-from ratelimit.store import Store, StoreError, StoreUnavailable
+from ratelimit.store import NotReplicated, Store, StoreError, StoreUnavailable
 from webhook import auth, granting, rules
 from webhook.models import BadRequest, error_body, parse_grant_request
 from webhook.page import views as page
@@ -274,6 +274,14 @@ class Webhook:
                 source=SOURCE,
                 log=log,
             )
+        except NotReplicated as error:
+            # GRANT_MIN_REPLICAS: written on the master, but a failover now could lose it.
+            log.warning(
+                "webhook ip=%s user=%s: grant not confirmed (%s)", wanted.ip, wanted.user, error
+            )
+            raise ApiError(
+                503, "store_unavailable", f"the grant may not have been kept: {error}"
+            ) from None
         except granting.Refused as refused:
             if refused.code in granting.RULE_REFUSALS:
                 self._count_grant("refused")

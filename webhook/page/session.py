@@ -4,9 +4,10 @@ A session is a Redis hash under a key derived from a random id; the id itself tr
 the person's HttpOnly cookie. The key holds a SHA-256 of the id, so someone who can read Redis
 (a replica, a backup) still cannot take over a session.
 
-Keys (``KEY_PREFIX`` first): ``page:h:<sig>`` a used hand-off, ``page:s:<hash>`` a session,
-``page:c:<hash>`` its current verification code (a string with a 5-minute TTL, read with GETDEL
-so that it is used at most once even by two requests at the same moment).
+Keys (``KEY_PREFIX`` first): ``page:h:<sig>`` a used hand-off, ``page:s:{<hash>}`` a session,
+``page:c:{<hash>}`` its current verification code (a string with a 5-minute TTL, read with GETDEL
+so that it is used at most once even by two requests at the same moment). The hash is the two
+keys' hash tag, so on a Redis Cluster a session and its code share a slot.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class PageSessions:
 
     def _key(self, kind: str, session_id: str) -> str:
         digest = hashlib.sha256(session_id.encode()).hexdigest()
-        return f"{self._prefix}{kind}:{digest}"
+        return f"{self._prefix}{kind}:{{{digest}}}"
 
     async def claim_handoff(self, handoff: Handoff, ttl: int) -> bool:
         """True the first time this signed link is used; False for a replay.
@@ -139,7 +140,7 @@ class PageSessions:
         }
 
         async def write() -> None:
-            pipe = self.store.client.pipeline(transaction=True)
+            pipe = self.store.pipeline()
             pipe.hset(key, items=[part for pair in fields.items() for part in pair])
             pipe.expireat(key, self._expiry(now))
             await pipe.execute()
@@ -177,7 +178,7 @@ class PageSessions:
         key, code_key = self._key("s", session.id), self._key("c", session.id)
 
         async def write() -> None:
-            pipe = self.store.client.pipeline(transaction=True)
+            pipe = self.store.pipeline()
             pipe.hset(key, "seen", repr(now))
             # Re-stating the expiry keeps a hash re-created by this HSET (the session ended
             # between our read and this write) from living forever.
@@ -193,7 +194,7 @@ class PageSessions:
         key, code_key = self._key("s", session.id), self._key("c", session.id)
 
         async def take() -> Any:
-            pipe = self.store.client.pipeline(transaction=True)
+            pipe = self.store.pipeline()
             pipe.getdel(code_key)
             pipe.hset(key, "seen", repr(now))
             pipe.expireat(key, self._expiry(session.created))
@@ -214,7 +215,7 @@ class PageSessions:
         key = self._key("s", session.id)
 
         async def count() -> int:
-            pipe = self.store.client.pipeline(transaction=True)
+            pipe = self.store.pipeline()
             pipe.hincrby(key, "wrong", 1)
             pipe.expireat(key, self._expiry(session.created))
             return int((await pipe.execute())[0])
