@@ -190,7 +190,7 @@ class Daemon:
         self.log_path = directory / f"{command}.log"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_WHITELIST_")}
         self.env.update({f"SMTP_WHITELIST_{k}": v for k, v in settings.items()})
-        self.argv = [sys.executable, "-m", "policyd", command]
+        self.argv = [sys.executable, "-m", "smtp_whitelist", command]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_port: tuple[str, int] | None = None) -> Daemon:

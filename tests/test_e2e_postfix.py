@@ -63,7 +63,7 @@ def smtp_whitelist_command() -> list[str]:
     script = Path(sys.executable).with_name("smtp-whitelist")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "policyd"]
+    return [sys.executable, "-m", "smtp_whitelist"]
 
 
 # -- the product ----------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class Served:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``smtp-whitelist ARGS`` with the daemon's settings."""
         return subprocess.run(
-            [sys.executable, "-m", "policyd", *args],
+            [sys.executable, "-m", "smtp_whitelist", *args],
             env=self.daemon.env,
             capture_output=True,
             text=True,

@@ -162,7 +162,7 @@ def _run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_WHITELIST_")}
     clean.update({f"SMTP_WHITELIST_{k}": v for k, v in env.items()})
     return subprocess.run(
-        [sys.executable, "-m", "policyd", *args],
+        [sys.executable, "-m", "smtp_whitelist", *args],
         env=clean,
         capture_output=True,
         text=True,

@@ -113,7 +113,7 @@ def test_policyd_sends_ready_after_binding_and_reports_reload_and_stop(
         "NOTIFY_SOCKET": str(tmp_path / "notify"),
     }
     script = Path(sys.executable).with_name("smtp-whitelist")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "policyd"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "smtp_whitelist"]
     log_path = tmp_path / "policyd.log"
     with (
         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify,

@@ -94,7 +94,7 @@ def test_secrets_stay_out_of_logs_and_check(guarded_redis: RedisServer, tmp_path
     env = {**daemon.env, "SMTP_WHITELIST_REDIS_URL": _url(guarded_redis)}
     env["SMTP_WHITELIST_WEBHOOK_SECRET"] = SECRET
     out = subprocess.run(
-        [sys.executable, "-m", "policyd", "check"],
+        [sys.executable, "-m", "smtp_whitelist", "check"],
         env=env,
         capture_output=True,
         text=True,
