@@ -16,10 +16,10 @@ import asyncio
 import signal
 import sys
 
-from policyd.cli import run_event_loop
 from policyd.protocol import PolicyRequest
 from policyd.server import ConnectionLimits, PolicyServer
 from ratelimit.settings import parse_listen
+from smtp_whitelist.cli import run_event_loop
 
 
 async def null_decide(request: PolicyRequest) -> str:

@@ -174,6 +174,6 @@ def test_the_wheel_carries_the_data_files(tmp_path: Path) -> None:
         "webhook/page/templates/apply.html",
         "webhook/page/static/style.css",
         "webhook/page/locale/zh_TW/LC_MESSAGES/messages.mo",
-        "policyd/cli.py",
+        "smtp_whitelist/cli.py",
     ):
         assert wanted in names, wanted

@@ -17,7 +17,7 @@ from ratelimit.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger("policyd")
 
-# Applied to the policy decision by the caller (policyd.cli.serve).
+# Applied to the policy decision by the caller (smtp_whitelist.service).
 DECISION_SETTINGS = frozenset(
     {
         "message_limits", "recipient_limits", "ipv4_prefix", "ipv6_prefix", "exempt_networks",
