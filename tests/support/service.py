@@ -31,7 +31,7 @@ class Service:
 
     ``settings`` are names without the ``SMTP_WHITELIST_`` prefix, in any case; a test may
     change :attr:`settings` (what the next start or :meth:`cli` uses) and add other variables
-    to :attr:`env`. ``env_file`` is passed as ``--env-file`` (an empty one keeps a machine's
+    to :attr:`env`; the rest of the environment is the test's own at that moment. ``env_file`` is passed as ``--env-file`` (an empty one keeps a machine's
     /etc file out of the test).
     """
 
@@ -49,7 +49,8 @@ class Service:
         # Unique: several services may share one directory.
         self.log_path = directory / f"{command}-{secrets.token_hex(4)}.log"
         self.settings = {name.upper(): value for name, value in settings.items()}
-        self.env = clean_env()
+        # Variables a test adds for this service only (the rest is read at each start or cli).
+        self.env: dict[str, str] = {}
         self.options = [] if env_file is None else ["--env-file", str(env_file)]
         self.process: subprocess.Popen[bytes] | None = None
         self.notify: socket.socket | None = None
@@ -97,8 +98,9 @@ class Service:
         raise AssertionError(f"no READY=1 within {READY_TIMEOUT} s; log:\n{self.log()}")
 
     def environment(self) -> dict[str, str]:
-        """The process environment: :attr:`env` with :attr:`settings` as SMTP_WHITELIST_*."""
-        return self.env | {f"SMTP_WHITELIST_{k}": v for k, v in self.settings.items()}
+        """The process environment: the test's own now (without SMTP_WHITELIST_* names), then
+        :attr:`env`, then :attr:`settings` as SMTP_WHITELIST_*."""
+        return clean_env() | self.env | {f"SMTP_WHITELIST_{k}": v for k, v in self.settings.items()}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
