@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -22,7 +22,6 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ratelimit.connections import build_client, close_client
 from ratelimit.node_calls import Command, connection_for, execute_on_nodes, roundtrip
-from ratelimit.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +54,19 @@ STALE_CONNECTION_ERRORS = (RedisConnectionError, ConnectionError)
 
 class _Stale(Exception):
     """A batch failed on a connection that had served before, with no reply read from it."""
+
+
+class StoreSettings(Protocol):
+    """What the store reads of the settings (the app's Settings satisfies it; never imported)."""
+
+    @property
+    def redis_url(self) -> str: ...
+    @property
+    def key_prefix(self) -> str: ...
+    @property
+    def store_timeout(self) -> float: ...
+    @property
+    def grant_min_replicas(self) -> int: ...
 
 
 class StoreUnavailable(Exception):
@@ -240,7 +252,7 @@ class Store:
         self._slot_reloader: asyncio.Task[None] | None = None  # cluster only
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Store:
+    def from_settings(cls, settings: StoreSettings) -> Store:
         """A store for ``settings``; the pool connects lazily and reconnects by itself."""
         client = build_client(settings.redis_url, settings.store_timeout, MAX_POOL_CONNECTIONS)
         return cls(

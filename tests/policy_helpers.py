@@ -23,8 +23,9 @@ from policyd.decision import PolicyDecider
 from policyd.protocol import encode_request, parse_reply
 from policyd.server import ConnectionLimits, PolicyServer
 from ratelimit.limiter import LimitConfig, Limiter
-from ratelimit.settings import ListenAddress, Settings
+from ratelimit.listen import ListenAddress
 from ratelimit.store import Store
+from smtp_whitelist.settings import Settings
 from tests.helpers import POSTFIX_37_REQUEST, free_port, port_open, wait_for
 
 SMTP_WHITELIST = str(Path(sys.executable).with_name("smtp-whitelist"))

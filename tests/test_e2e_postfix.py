@@ -38,7 +38,7 @@ from typing import Any
 
 import pytest
 
-from ratelimit.settings import DEFAULT_LIMIT_REPLY
+from smtp_whitelist.settings import DEFAULT_LIMIT_REPLY
 from tests.conftest import require_tool
 from tests.helpers import RedisServer, free_port, port_open, wait_for
 from tests.postfix_instance import (

@@ -19,10 +19,11 @@ import aiohttp
 import pytest
 
 from ratelimit.grants import Grants
+from ratelimit.listen import ListenAddress
 from ratelimit.metrics import DECISION_BUCKETS, Metrics, PolicyMetrics
 from ratelimit.nonces import NonceLedger
-from ratelimit.settings import ListenAddress, Settings, SettingsError, load_settings
 from ratelimit.store import Store
+from smtp_whitelist.settings import Settings, SettingsError, load_settings
 from tests.conftest import require_tool
 from tests.helpers import Daemon, PolicyClient, RedisServer, free_port, policy_request, wait_for
 from tests.prometheus_instance import Prometheus

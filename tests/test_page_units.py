@@ -18,7 +18,7 @@ from babel.messages.pofile import read_po
 
 from policyd.decision import Replies
 from ratelimit.addresses import parse_networks
-from ratelimit.settings import Settings
+from smtp_whitelist.settings import Settings
 from tests.conftest import require_tool
 from webhook.page import i18n
 from webhook.page.client_address import client_address

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit.unix_socket import remove_stale_socket
+from ratelimit.listen import remove_stale_socket
 from tests.helpers import RedisServer, free_port
 from tests.policy_helpers import clean_env, run_cli
 

@@ -25,9 +25,10 @@ from yarl import URL
 
 from ratelimit.addresses import parse_networks
 from ratelimit.grants import Grants
+from ratelimit.listen import ListenAddress
 from ratelimit.nonces import NonceLedger
-from ratelimit.settings import ListenAddress, Settings
 from ratelimit.store import KeyLayout, Store
+from smtp_whitelist.settings import Settings
 from tests.conftest import require_tool
 from tests.dns_server import Dnsmasq, Zone, running_dnsmasq, silent_dns_server
 from tests.helpers import RedisServer, free_port, wait_for

@@ -44,8 +44,8 @@ from schemathesis.specs.openapi.checks import (
 import webhook
 from ratelimit.grants import Grants
 from ratelimit.nonces import NonceLedger
-from ratelimit.settings import Settings
 from ratelimit.store import Store
+from smtp_whitelist.settings import Settings
 from tests.conftest import require_tool
 from tests.helpers import webhook_process
 from webhook import auth

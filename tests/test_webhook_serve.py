@@ -16,9 +16,10 @@ from aiohttp import web
 
 from ratelimit.addresses import parse_networks
 from ratelimit.grants import Grants
+from ratelimit.listen import ListenAddress
 from ratelimit.nonces import NonceLedger
-from ratelimit.settings import ListenAddress, Settings
 from ratelimit.store import Store
+from smtp_whitelist.settings import Settings
 from tests.dns_server import silent_dns_server
 from tests.helpers import RedisServer, free_port, port_open
 from webhook import auth
