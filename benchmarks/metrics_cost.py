@@ -20,8 +20,8 @@ from policyd.decision import PolicyDecider, Replies
 from policyd.protocol import PolicyRequest, RequestParser
 from ratelimit.limiter import LimitConfig, Limiter
 from ratelimit.metrics import Metrics
-from ratelimit.settings import Settings
 from ratelimit.store import Store
+from smtp_whitelist.settings import Settings
 from tests.helpers import policy_request
 
 

@@ -18,7 +18,7 @@ import sys
 
 from policyd.protocol import PolicyRequest
 from policyd.server import ConnectionLimits, PolicyServer
-from ratelimit.settings import parse_listen
+from ratelimit.listen import parse_listen
 from smtp_whitelist.cli import run_event_loop
 
 

@@ -11,7 +11,7 @@ import secrets
 from types import TracebackType
 
 from policyd.protocol import encode_request, parse_reply
-from ratelimit.settings import ListenAddress
+from ratelimit.listen import ListenAddress
 
 # What a reply may grow to before the client gives up on it: a Postfix reply is one short line,
 # so anything near this size is not a policy server.

@@ -18,11 +18,10 @@ from policyd.logs import fields, rfc3339
 from policyd.protocol import PolicyRequest
 from policyd.refusal_log import RefusalLog
 from policyd.scope import LimitedScope
-from ratelimit.addresses import IPAddress, parse_ip
+from ratelimit.addresses import IPAddress, IPNetwork, parse_ip
 from ratelimit.limiter import Counted, Limiter, Outcome, Verdict
 from ratelimit.limits import Limit, format_window
 from ratelimit.metrics import Metrics
-from ratelimit.settings import Settings
 from ratelimit.store import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,23 @@ NOT_COUNTED = "not_counted"
 STORE_ERROR = "store_error"
 
 
+class DecisionSettings(Protocol):
+    """What the decision reads of the settings (the app's Settings satisfies it)."""
+
+    @property
+    def limit_reply(self) -> str: ...
+    @property
+    def too_big_reply(self) -> str: ...
+    @property
+    def on_store_error(self) -> str: ...
+    @property
+    def page_url(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def limited_networks(self) -> tuple[IPNetwork, ...]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Replies:
     """LIMIT_REPLY, TOO_BIG_REPLY, ON_STORE_ERROR and MODE; replaced whole on SIGHUP."""
@@ -52,7 +68,7 @@ class Replies:
     monitor: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Replies:
+    def from_settings(cls, settings: DecisionSettings) -> Replies:
         # {page} is known at start-up (PAGE_URL, validated free of braces); filling it in here
         # leaves only {ip}, {limit} and {window} for each decision.
         return cls(
@@ -125,7 +141,7 @@ class PolicyDecider:
     def from_settings(
         cls,
         limiter: Limiter,
-        settings: Settings,
+        settings: DecisionSettings,
         watch: StageObserver | None = None,
         report: StageReport | None = None,
         metrics: Metrics | None = None,
@@ -140,7 +156,7 @@ class PolicyDecider:
             report=report,
         )
 
-    def reconfigure(self, settings: Settings) -> None:
+    def reconfigure(self, settings: DecisionSettings) -> None:
         """SIGHUP: new replies, mode and scope from the next request on."""
         self.replies = Replies.from_settings(settings)
         self.scope = LimitedScope(settings.limited_networks)

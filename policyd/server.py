@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from policyd.protocol import PolicyRequest, ProtocolError, RequestParser, encode_reply
-from ratelimit.settings import ListenAddress
-from ratelimit.unix_socket import remove_stale_socket
+from ratelimit.listen import ListenAddress, remove_stale_socket
 
 log = logging.getLogger(__name__)
 

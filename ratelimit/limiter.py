@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 from ratelimit.addresses import IPAddress, IPNetwork, client_network, in_networks
 from ratelimit.limits import Limit
-from ratelimit.settings import Settings
 from ratelimit.store import Script, Store
 
 # Postfix's recipient_count is at most smtpd_recipient_limit (1000 by default); anything far
@@ -56,6 +56,23 @@ class Verdict:
     compromised: int = 0
 
 
+class LimitSettings(Protocol):
+    """What a decision reads of the settings (the app's Settings satisfies it; never imported)."""
+
+    @property
+    def message_limits(self) -> tuple[Limit, ...]: ...
+    @property
+    def recipient_limits(self) -> tuple[Limit, ...]: ...
+    @property
+    def ipv4_prefix(self) -> int: ...
+    @property
+    def ipv6_prefix(self) -> int: ...
+    @property
+    def exempt_networks(self) -> tuple[IPNetwork, ...]: ...
+    @property
+    def offender_threshold(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LimitConfig:
     """The settings a decision depends on; replaced as a whole on SIGHUP."""
@@ -68,7 +85,7 @@ class LimitConfig:
     offender_threshold: int = 50
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LimitConfig:
+    def from_settings(cls, settings: LimitSettings) -> LimitConfig:
         return cls(
             settings.message_limits,
             settings.recipient_limits,

@@ -16,12 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from policyd import logs
-from ratelimit.settings import (
-    MAX_WHITELIST_TTL,
-    SettingsError,
-    forget_inherited_copies,
-    load_settings,
-)
+from ratelimit.grant_rules import MAX_WHITELIST_TTL
 from ratelimit.store import StoreError, StoreUnavailable
 from smtp_whitelist.commands import COMMANDS
 from smtp_whitelist.commands.common import (
@@ -30,6 +25,7 @@ from smtp_whitelist.commands.common import (
     EXIT_USAGE,
     UsageError,
 )
+from smtp_whitelist.settings import SettingsError, forget_inherited_copies, load_settings
 
 DEFAULT_ENV_FILE = Path("/etc/smtp-whitelist/smtp-whitelist.env")
 ENV_FILE_VARIABLE = "SMTP_WHITELIST_ENV_FILE"

@@ -13,7 +13,7 @@ from typing import Any
 
 from policyd import logs
 from policyd.server import ConnectionLimits, PolicyServer
-from ratelimit.settings import ENV_PREFIX, Settings
+from smtp_whitelist.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger("policyd")
 

@@ -22,11 +22,11 @@ from policyd.metrics_http import MetricsServer
 from policyd.sdnotify import notify
 from policyd.stage_watch import StageWatch
 from ratelimit.metrics import Metrics
-from ratelimit.settings import Settings, SettingsError, load_settings
 from ratelimit.stage_evidence import StageEvidence
 from ratelimit.store import Store, StoreUnavailable
 from smtp_whitelist.commands.common import EXIT_FAILED, EXIT_OK, UsageError
 from smtp_whitelist.reload import apply_reload
+from smtp_whitelist.settings import Settings, SettingsError, load_settings
 from smtp_whitelist.wiring import build_policy, build_webhook
 from webhook.app import WEBHOOK
 from webhook.serve import start_webhook

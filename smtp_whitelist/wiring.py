@@ -20,8 +20,8 @@ from ratelimit.grants import Grants
 from ratelimit.limiter import LimitConfig, Limiter
 from ratelimit.metrics import Metrics
 from ratelimit.nonces import NonceLedger
-from ratelimit.settings import Settings
 from ratelimit.store import Store
+from smtp_whitelist.settings import Settings
 from webhook.app import build_app
 from webhook.registered_name import RegisteredNameChecker
 

@@ -20,9 +20,10 @@ import redis
 from aiohttp import web
 
 from ratelimit.grants import Grants
+from ratelimit.listen import ListenAddress
 from ratelimit.metrics import Metrics
-from ratelimit.settings import ListenAddress, Settings
 from ratelimit.store import Store
+from smtp_whitelist.settings import Settings
 from tests.support import webhook_app
 from webhook.page.handoff import handoff_url
 from webhook.page.views import COOKIE

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ratelimit.actions import check_action
-from ratelimit.settings import DEFAULT_LIMIT_REPLY
+from smtp_whitelist.settings import DEFAULT_LIMIT_REPLY
 from tests.support import (
     PolicydProcess,
     RedisServer,

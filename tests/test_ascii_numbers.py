@@ -13,7 +13,7 @@ import pytest
 from policyd.protocol import PolicyRequest
 from ratelimit.addresses import parse_ip
 from ratelimit.limits import parse_limits
-from ratelimit.settings import parse_listen
+from ratelimit.listen import parse_listen
 from tests.support import RedisServer, clean_env, make_settings, policy_server, run_cli
 
 IP = "198.51.100.23"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 
 from ratelimit.audit import AUDIT_MAX_ENTRIES, AuditTrail
-from ratelimit.settings import Settings
 from ratelimit.store import KeyLayout, Store
+from smtp_whitelist.settings import Settings
 from tests.support import RedisServer, clean_env, run_cli
 
 RARE = 3

@@ -28,7 +28,7 @@ from typing import Any, Self
 
 import pytest
 
-from ratelimit.settings import DEFAULT_LIMIT_REPLY
+from smtp_whitelist.settings import DEFAULT_LIMIT_REPLY
 from tests.postfix_instance import (
     SNIPPET,
     NamespaceHosts,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit.env_file import env_file_problems
-from ratelimit.settings import DEFAULT_LIMIT_REPLY
+from smtp_whitelist.env_file import env_file_problems
+from smtp_whitelist.settings import DEFAULT_LIMIT_REPLY
 from tests.support import (
     PolicydProcess,
     RedisServer,

@@ -15,8 +15,8 @@ import pytest
 
 from ratelimit.grants import Grants
 from ratelimit.limiter import LimitConfig, Limiter, Outcome
-from ratelimit.settings import Settings
 from ratelimit.store import Store
+from smtp_whitelist.settings import Settings
 from tests.support import (
     BlockingPolicyClient,
     RedisServer,

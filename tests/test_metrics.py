@@ -16,9 +16,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from ratelimit.listen import ListenAddress
 from ratelimit.metrics import DECISION_BUCKETS, Metrics, PolicyMetrics
-from ratelimit.settings import ListenAddress, Settings, SettingsError, load_settings
 from ratelimit.store import Store
+from smtp_whitelist.settings import Settings, SettingsError, load_settings
 from tests.prometheus_instance import Prometheus
 from tests.support import (
     BlockingPolicyClient,

@@ -16,7 +16,7 @@ from babel.messages.pofile import read_po
 
 from policyd.decision import Replies
 from ratelimit.addresses import parse_networks
-from ratelimit.settings import Settings
+from smtp_whitelist.settings import Settings
 from tests.support import clean_env, require_tool, run_cli
 from webhook.page import i18n
 from webhook.page.client_address import client_address

@@ -23,7 +23,7 @@ import pytest
 from policyd.protocol import MAX_ATTRIBUTES, MAX_LINE_BYTES, encode_request
 from ratelimit.addresses import parse_ip
 from ratelimit.grants import Grants
-from ratelimit.settings import ListenAddress
+from ratelimit.listen import ListenAddress
 from ratelimit.store import KeyLayout
 from tests.redis_ha import RedisEndpoint
 from tests.support import (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit.settings import (
+from smtp_whitelist.settings import (
     DEFAULT_LIMIT_REPLY,
     ENV_PREFIX,
     Settings,

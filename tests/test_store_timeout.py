@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from ratelimit.settings import Settings
 from ratelimit.store import Store, StoreUnavailable
+from smtp_whitelist.settings import Settings
 from tests.support import RedisServer
 
 # Far more round trips than fit in the timeout below on any machine.

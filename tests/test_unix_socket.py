@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit.unix_socket import remove_stale_socket
+from ratelimit.listen import remove_stale_socket
 from tests.support import RedisServer, clean_env, free_port, run_cli
 
 

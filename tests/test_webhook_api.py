@@ -24,8 +24,9 @@ import redis.asyncio as aioredis
 from yarl import URL
 
 from ratelimit.addresses import parse_networks
-from ratelimit.settings import ListenAddress, Settings
+from ratelimit.listen import ListenAddress
 from ratelimit.store import KeyLayout, Store
+from smtp_whitelist.settings import Settings
 from tests.dns_server import Dnsmasq, Zone, running_dnsmasq, silent_dns_server
 from tests.support import (
     RedisServer,

@@ -40,8 +40,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import webhook
-from ratelimit.settings import Settings
 from ratelimit.store import Store
+from smtp_whitelist.settings import Settings
 from tests.support import require_tool, signature_headers, webhook_app, webhook_process
 from webhook import auth
 

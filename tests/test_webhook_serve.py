@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from ratelimit.addresses import parse_networks
-from ratelimit.settings import ListenAddress
+from ratelimit.listen import ListenAddress
 from ratelimit.store import Store
 from tests.dns_server import silent_dns_server
 from tests.support import (

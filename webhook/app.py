@@ -27,9 +27,9 @@ from ratelimit.addresses import IPAddress
 from ratelimit.grants import Grant, Grants
 from ratelimit.metrics import Metrics
 from ratelimit.nonces import NonceLedger
-from ratelimit.settings import Settings
 from ratelimit.store import NotReplicated, Store, StoreError, StoreUnavailable
 from webhook import auth, granting, rules
+from webhook.config import WebhookSettings
 from webhook.models import BadRequest, error_body, parse_grant_request
 from webhook.page import views as page
 from webhook.page.session import PageSessions
@@ -204,7 +204,7 @@ class Webhook:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: WebhookSettings,
         grants: Grants,
         nonces: NonceLedger,
         store: Store,
@@ -227,7 +227,7 @@ class Webhook:
         if self.metrics is not None:
             self.metrics.grants.labels(SOURCE, outcome).inc()
 
-    def reconfigure(self, settings: Settings) -> None:
+    def reconfigure(self, settings: WebhookSettings) -> None:
         """SIGHUP: the campus rules, DNS rule, TTL and secret apply from the next request."""
         if settings.webhook_secret is None:
             raise ValueError("SMTP_WHITELIST_WEBHOOK_SECRET is required for the webhook")
@@ -392,7 +392,7 @@ WEBHOOK = web.AppKey("webhook", Webhook)
 
 
 def build_app(
-    settings: Settings,
+    settings: WebhookSettings,
     grants: Grants,
     nonces: NonceLedger,
     store: Store,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 
 from ratelimit.grants import Grant, Grants, TooManyGrants
-from ratelimit.settings import Settings
 from webhook import rules
+from webhook.config import WebhookSettings
 from webhook.registered_name import DnsError, DnsTimeout, NoRegisteredName, RegisteredNameChecker
 
 STATUS = {
@@ -44,7 +44,7 @@ class Refused(Exception):
 
 
 async def grant_by_rules(
-    settings: Settings,
+    settings: WebhookSettings,
     resolver: RegisteredNameChecker,
     grants: Grants,
     *,

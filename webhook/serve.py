@@ -13,8 +13,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from ratelimit.settings import ListenAddress
-from ratelimit.unix_socket import remove_stale_socket
+from ratelimit.listen import ListenAddress, remove_stale_socket
 
 log = logging.getLogger(__name__)
 

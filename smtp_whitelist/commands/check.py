@@ -9,9 +9,9 @@ from pathlib import Path
 
 from policyd import logs
 from policyd.postfix_config import data_check_present
-from ratelimit.settings import Settings
 from ratelimit.stage_evidence import StageEvidence
 from smtp_whitelist.commands.common import EXIT_OK, UsageError, open_store
+from smtp_whitelist.settings import Settings
 from webhook.page.handoff import handoff_url
 
 

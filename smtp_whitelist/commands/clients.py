@@ -14,7 +14,6 @@ from ratelimit.grants import Grants
 from ratelimit.limiter import LimitConfig, Limiter
 from ratelimit.offenders import MAX_SINCE, Offenders, parse_span
 from ratelimit.release import read_log, release_time
-from ratelimit.settings import Settings
 from ratelimit.store import Store
 from smtp_whitelist.commands.common import (
     EXIT_FAILED,
@@ -27,6 +26,7 @@ from smtp_whitelist.commands.common import (
     operator,
     time_text,
 )
+from smtp_whitelist.settings import Settings
 
 log = logging.getLogger("policyd")
 

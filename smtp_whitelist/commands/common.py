@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ratelimit.addresses import IPAddress, parse_ip
-from ratelimit.settings import Settings
 from ratelimit.store import Store
+from smtp_whitelist.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
 

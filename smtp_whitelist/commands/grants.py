@@ -10,7 +10,6 @@ from pathlib import Path
 from ratelimit.audit import AuditTrail
 from ratelimit.grant_rules import InvalidGrant
 from ratelimit.grants import Grants
-from ratelimit.settings import Settings
 from ratelimit.store import NotReplicated
 from smtp_whitelist.commands.common import (
     EXIT_FAILED,
@@ -21,6 +20,7 @@ from smtp_whitelist.commands.common import (
     operator,
     time_text,
 )
+from smtp_whitelist.settings import Settings
 
 
 async def cmd_add(args: argparse.Namespace, settings: Settings, env: Path | None) -> int:

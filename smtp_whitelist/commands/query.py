@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from policyd.client import ask_once, query_request
-from ratelimit.settings import Settings, parse_listen
+from ratelimit.listen import parse_listen
 from smtp_whitelist.commands.common import EXIT_FAILED, EXIT_OK, UsageError, address_arg
+from smtp_whitelist.settings import Settings
 
 # How long `query` waits for the policy server's answer: longer than STORE_TIMEOUT plus the
 # server's own work, shorter than an operator's patience.

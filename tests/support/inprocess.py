@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from policyd.decision import PolicyDecider
 from policyd.server import ConnectionLimits, PolicyServer
 from ratelimit.limiter import LimitConfig, Limiter
-from ratelimit.settings import ListenAddress, Settings
+from ratelimit.listen import ListenAddress
 from ratelimit.store import Store
+from smtp_whitelist.settings import Settings
 from tests.support.policy import PolicyClient
 
 LOOPBACK_V4 = ListenAddress("127.0.0.1", 0, None)

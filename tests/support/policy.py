@@ -12,7 +12,7 @@ import contextlib
 import socket
 
 from policyd.protocol import encode_request, parse_reply
-from ratelimit.settings import ListenAddress
+from ratelimit.listen import ListenAddress
 from tests.support.requests import postfix_request
 
 # How long a test waits for one answer before calling the server dead.

@@ -31,8 +31,8 @@ class Service:
 
     ``settings`` are names without the ``SMTP_WHITELIST_`` prefix, in any case; a test may
     change :attr:`settings` (what the next start or :meth:`cli` uses) and add other variables
-    to :attr:`env`; the rest of the environment is the test's own at that moment. ``env_file`` is passed as ``--env-file`` (an empty one keeps a machine's
-    /etc file out of the test).
+    to :attr:`env`; the rest of the environment is the test's own at that moment.
+    ``env_file`` is passed as ``--env-file`` (an empty one keeps a machine's /etc file out).
     """
 
     def __init__(
@@ -167,7 +167,7 @@ class PolicydProcess(Service):
     """``smtp-whitelist policyd`` on a free loopback port (settings as keyword arguments)."""
 
     def __init__(self, directory: Path, **settings: str) -> None:
-        from ratelimit.settings import ListenAddress
+        from ratelimit.listen import ListenAddress
 
         self.port = free_port()
         settings.setdefault("policy_listen", f"127.0.0.1:{self.port}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from ratelimit.settings import Settings
+from smtp_whitelist.settings import Settings
 
 # A LIMIT_REPLY that shows every placeholder, so a test can read which limit refused.
 TEST_LIMIT_REPLY = "450 4.7.1 {ip} is over {limit} per {window}"

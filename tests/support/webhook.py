@@ -14,8 +14,8 @@ from aiohttp import web
 
 from ratelimit.grants import Grants
 from ratelimit.nonces import NonceLedger
-from ratelimit.settings import Settings
 from ratelimit.store import Store
+from smtp_whitelist.settings import Settings
 from webhook import auth
 from webhook.app import build_app
 from webhook.registered_name import RegisteredNameChecker

@@ -25,9 +25,9 @@ from pydantic import ValidationError
 from ratelimit.addresses import IPAddress
 from ratelimit.grants import Grant, Grants
 from ratelimit.metrics import Metrics
-from ratelimit.settings import Settings
 from ratelimit.store import StoreUnavailable
 from webhook import granting, rules
+from webhook.config import WebhookSettings
 from webhook.models import GrantRequest
 from webhook.page import i18n
 from webhook.page.captcha import CaptchaRenderer
@@ -120,7 +120,7 @@ class PageViews:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: WebhookSettings,
         sessions: PageSessions,
         grants: Grants,
         resolver: RegisteredNameChecker,
@@ -412,7 +412,7 @@ def _local(moment: datetime) -> datetime:
 
 def install(
     app: web.Application,
-    settings: Settings,
+    settings: WebhookSettings,
     sessions: PageSessions,
     grants: Grants,
     resolver: RegisteredNameChecker,

@@ -1,8 +1,9 @@
 """Every setting of the service, read once at start-up (and again on SIGHUP).
 
-The settings live here because ``ratelimit`` is the one package that both servers and the CLI
-already depend on. Values come from the environment (prefix ``SMTP_WHITELIST_``) or an env file;
-a bad value becomes one plain line naming the setting (:func:`load_settings`).
+The settings belong to the application (``smtp_whitelist``), which hands each part only what it
+reads: the parts type that as a small Protocol of their own, never this class. Values come from
+the environment (prefix ``SMTP_WHITELIST_``) or an env file (docs/interface.md, "Settings"); a bad
+value becomes one plain line naming the setting (:func:`load_settings`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -21,8 +21,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from ratelimit.actions import check_action
 from ratelimit.addresses import IPNetwork, parse_networks
 from ratelimit.connections import parse_redis_url
-from ratelimit.env_file import env_file_problems
+from ratelimit.grant_rules import MAX_WHITELIST_TTL
 from ratelimit.limits import Limit, parse_limits
+from ratelimit.listen import ListenAddress, parse_listen
+from smtp_whitelist.env_file import env_file_problems
 
 ENV_PREFIX = "SMTP_WHITELIST_"
 
@@ -50,10 +52,6 @@ SYSLOG_FACILITIES = frozenset(
      "local6", "local7"}
 )  # fmt: skip
 
-# The longest grant, by WHITELIST_TTL or `add --ttl`: a week covers any operator's override,
-# and a longer one is a typo (and beyond what Redis takes as an expiry in ms, an error).
-MAX_WHITELIST_TTL = 7 * 86400
-
 _KEY_PREFIX = re.compile(r"^[A-Za-z0-9_:.\-]{1,32}$")
 
 
@@ -63,53 +61,6 @@ class SettingsError(Exception):
     def __init__(self, lines: list[str]) -> None:
         super().__init__("\n".join(lines))
         self.lines = lines
-
-
-@dataclass(frozen=True, slots=True)
-class ListenAddress:
-    """One address to listen on: TCP ``host:port``/``[v6]:port`` or ``unix:/path``."""
-
-    host: str | None
-    port: int | None
-    path: str | None
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        if self.host is not None and ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-
-def parse_listen(text: str) -> tuple[ListenAddress, ...]:
-    """Parse ``127.0.0.1:10031,[::1]:10031,unix:/run/x.sock``. Raises ValueError."""
-    found: list[ListenAddress] = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item.startswith("unix:"):
-            path = item[len("unix:") :]
-            if not path.startswith("/"):
-                raise ValueError(f"{item!r}: a UNIX socket path must be absolute")
-            found.append(ListenAddress(None, None, path))
-            continue
-        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})", item)
-        if match is None:
-            raise ValueError(f"{item!r} is not host:port, [v6addr]:port or unix:/path")
-        host = match.group(1) or match.group(3)
-        port = int(match.group(2) or match.group(4))
-        if match.group(1):
-            try:
-                ipaddress.IPv6Address(host)
-            except ValueError:
-                raise ValueError(f"{item!r}: {host!r} is not an IPv6 address") from None
-        if not 0 < port < 65536:
-            raise ValueError(f"{item!r}: port must be 1 to 65535")
-        found.append(ListenAddress(host, port, None))
-    if not found:
-        raise ValueError("at least one address is needed")
-    return tuple(found)
 
 
 def _parse_eligible(text: str) -> frozenset[tuple[str, str]]:
