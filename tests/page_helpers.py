@@ -24,7 +24,7 @@ from ratelimit.listen import ListenAddress
 from ratelimit.metrics import Metrics
 from ratelimit.store import Store
 from smtp_whitelist.settings import Settings
-from tests.support import webhook_app
+from smtp_whitelist.wiring import build_webhook
 from webhook.page.handoff import handoff_url
 from webhook.page.views import COOKIE
 from webhook.registered_name import RegisteredNameChecker
@@ -122,7 +122,9 @@ async def running_page(
     store = Store.from_settings(settings)
     grants = Grants(store, settings)
     clock = Clock()
-    app = webhook_app(settings, store, resolver, grants=grants, clock=clock, metrics=metrics)
+    app = build_webhook(
+        settings, store, resolver=resolver, grants=grants, clock=clock, metrics=metrics
+    )
     runner = await start_webhook(app, [ListenAddress(host, 0, None)])
     try:
         bound_host, port = bound_ports(runner)[0]

@@ -20,6 +20,7 @@ from ratelimit.listen import ListenAddress
 from ratelimit.metrics import DECISION_BUCKETS, Metrics, PolicyMetrics
 from ratelimit.store import Store
 from smtp_whitelist.settings import Settings, SettingsError, load_settings
+from smtp_whitelist.wiring import build_webhook
 from tests.prometheus_instance import Prometheus
 from tests.support import (
     BlockingPolicyClient,
@@ -31,7 +32,6 @@ from tests.support import (
     signature_headers,
     signed_request,
     wait_for,
-    webhook_app,
 )
 from webhook.serve import start_webhook
 
@@ -257,7 +257,7 @@ async def test_webhook_counts_grants_by_outcome_and_requests_by_route(
     )
     store = Store.from_settings(settings)
     metrics = Metrics()
-    app = webhook_app(settings, store, metrics=metrics)
+    app = build_webhook(settings, store, metrics=metrics)
     port = free_port()
     runner = await start_webhook(app, [ListenAddress("127.0.0.1", port, None)])
 

@@ -27,6 +27,7 @@ from ratelimit.addresses import parse_networks
 from ratelimit.listen import ListenAddress
 from ratelimit.store import KeyLayout, Store
 from smtp_whitelist.settings import Settings
+from smtp_whitelist.wiring import build_webhook
 from tests.dns_server import Dnsmasq, Zone, running_dnsmasq, silent_dns_server
 from tests.support import (
     RedisServer,
@@ -35,7 +36,6 @@ from tests.support import (
     require_tool,
     signature_headers,
     wait_for,
-    webhook_app,
 )
 from webhook import auth
 from webhook.app import MAX_BODY
@@ -182,7 +182,7 @@ async def serving(
     settings = make_settings(redis_server.url, defaults=WEBHOOK_DEFAULTS, **change)
     store = Store.from_settings(settings)
     extra: dict[str, Any] = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
-    app = webhook_app(settings, store, checker, **extra)
+    app = build_webhook(settings, store, resolver=checker, **extra)
     port = free_port()
     runner = await start_webhook(app, [ListenAddress("127.0.0.1", port, None)])
     client = aioredis.from_url(redis_server.url, decode_responses=True)

@@ -42,7 +42,8 @@ from schemathesis.specs.openapi.checks import (
 import webhook
 from ratelimit.store import Store
 from smtp_whitelist.settings import Settings
-from tests.support import require_tool, signature_headers, webhook_app, webhook_process
+from smtp_whitelist.wiring import build_webhook
+from tests.support import require_tool, signature_headers, webhook_process
 from webhook import auth
 
 SPEC = Path(webhook.__file__).parent / "openapi.yaml"
@@ -268,7 +269,7 @@ def test_the_spec_names_the_implemented_routes() -> None:
     assert documented == set(OPERATIONS)
     settings_ = Settings(webhook_secret=SECRET)
     store = Store.from_settings(settings_)
-    app = webhook_app(settings_, store)
+    app = build_webhook(settings_, store)
     implemented = {
         (route.resource.canonical, route.method)
         for route in app.router.routes()

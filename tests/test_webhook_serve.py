@@ -14,6 +14,7 @@ import pytest
 from ratelimit.addresses import parse_networks
 from ratelimit.listen import ListenAddress
 from ratelimit.store import Store
+from smtp_whitelist.wiring import build_webhook
 from tests.dns_server import silent_dns_server
 from tests.support import (
     RedisServer,
@@ -21,7 +22,6 @@ from tests.support import (
     make_settings,
     port_open,
     signature_headers,
-    webhook_app,
 )
 from webhook.registered_name import RegisteredNameChecker
 from webhook.serve import SHUTDOWN_GRACE, bound_ports, start_webhook
@@ -62,7 +62,9 @@ async def test_tcp_ipv6_and_unix_sites(redis_server: RedisServer, tmp_path: Path
         ListenAddress("::1", v6, None),
         ListenAddress(None, None, path),
     ]
-    runner = await start_webhook(webhook_app(settings, store, RegisteredNameChecker("")), addresses)
+    runner = await start_webhook(
+        build_webhook(settings, store, resolver=RegisteredNameChecker("")), addresses
+    )
     try:
         assert ("127.0.0.1", v4) in bound_ports(runner)
         assert await _healthz(f"http://127.0.0.1:{v4}/healthz") == 200
@@ -82,7 +84,7 @@ async def test_stale_unix_socket_is_replaced(redis_server: RedisServer, tmp_path
         left_over.bind(str(path))  # as a crashed run leaves it: a socket nobody listens on
     settings = make_settings(redis_server.url, defaults=WEBHOOK)
     store = Store.from_settings(settings)
-    app = webhook_app(settings, store, RegisteredNameChecker(""))
+    app = build_webhook(settings, store, resolver=RegisteredNameChecker(""))
     runner = await start_webhook(app, [ListenAddress(None, None, str(path))])
     try:
         assert await _healthz("http://localhost/healthz", aiohttp.UnixConnector(str(path))) == 200
@@ -100,7 +102,9 @@ async def test_a_file_in_the_way_is_not_removed(redis_server: RedisServer, tmp_p
     addresses = [ListenAddress("127.0.0.1", port, None), ListenAddress(None, None, str(path))]
     try:
         with pytest.raises(OSError, match="not a socket"):
-            await start_webhook(webhook_app(settings, store, RegisteredNameChecker("")), addresses)
+            await start_webhook(
+                build_webhook(settings, store, resolver=RegisteredNameChecker("")), addresses
+            )
     finally:
         await store.aclose()
     assert path.read_text() == "not a socket"
@@ -118,7 +122,7 @@ async def test_port_in_use_fails_cleanly(redis_server: RedisServer) -> None:
         try:
             with pytest.raises(OSError, match="in use"):
                 await start_webhook(
-                    webhook_app(settings, store, RegisteredNameChecker("")),
+                    build_webhook(settings, store, resolver=RegisteredNameChecker("")),
                     [ListenAddress("127.0.0.1", port, None)],
                 )
         finally:
@@ -139,7 +143,7 @@ async def test_cleanup_does_not_wait_forever_for_a_hung_request(
     port = free_port()
     with silent_dns_server() as silent:
         checker = RegisteredNameChecker("campus.example", [silent], lifetime=30.0)
-        app = webhook_app(settings, store, checker)
+        app = build_webhook(settings, store, resolver=checker)
         runner = await start_webhook(app, [ListenAddress("127.0.0.1", port, None)])
         try:
             async with aiohttp.ClientSession() as session:
@@ -166,7 +170,7 @@ async def test_a_live_unix_socket_is_not_stolen(redis_server: RedisServer, tmp_p
         try:
             with pytest.raises(OSError, match="in use"):
                 await start_webhook(
-                    webhook_app(settings, store, RegisteredNameChecker("")),
+                    build_webhook(settings, store, resolver=RegisteredNameChecker("")),
                     [ListenAddress(None, None, path)],
                 )
         finally:

@@ -1,4 +1,5 @@
-"""The policy server in the test's own event loop, wired as ``smtp-whitelist policyd`` wires it."""
+"""The policy server in the test's own event loop, built by smtp_whitelist.wiring as the
+service builds it."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from policyd.decision import PolicyDecider
-from policyd.server import ConnectionLimits, PolicyServer
-from ratelimit.limiter import LimitConfig, Limiter
+from policyd.server import PolicyServer
+from ratelimit.limiter import Limiter
 from ratelimit.listen import ListenAddress
 from ratelimit.store import Store
 from smtp_whitelist.settings import Settings
+from smtp_whitelist.wiring import build_policy
 from tests.support.policy import PolicyClient
 
 LOOPBACK_V4 = ListenAddress("127.0.0.1", 0, None)
@@ -51,15 +52,11 @@ async def policy_server(
 ) -> AsyncIterator[RunningServer]:
     """A PolicyServer wired as ``smtp-whitelist policyd`` wires it, on ``listen`` (port 0 ok)."""
     store = Store.from_settings(settings)
-    limiter = Limiter(store, LimitConfig.from_settings(settings))
-    decider = PolicyDecider.from_settings(limiter, settings)
-    limits = ConnectionLimits(
-        settings.max_connections, settings.idle_timeout, settings.request_timeout
-    )
-    server = PolicyServer(decider, limits)
+    policy = build_policy(settings, store)
+    server = policy.server
     await server.start(listen)
     try:
-        yield RunningServer(server, store, limiter, settings)
+        yield RunningServer(server, store, policy.limiter, settings)
     finally:
         await server.stop(grace=1.0)
         await store.aclose()

@@ -1,8 +1,9 @@
 """The one policy client, spoken as Postfix does: one request, wait for its answer, repeat.
 
-:class:`PolicyClient` is asyncio (for tests that run a server in their own loop);
-:class:`BlockingPolicyClient` is the same conversation on a plain socket, for synchronous
-tests against a service process. Both encode and parse with policyd.protocol.
+:class:`PolicyClient` is policyd.client's (the one ``smtp-whitelist query`` uses) with test
+conveniences; :class:`BlockingPolicyClient` is the same conversation on a plain socket, for
+synchronous tests against a service process, which also reach its socket to flood or trickle
+bytes. Both encode and parse with policyd.protocol.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 
+from policyd.client import PolicyClient as ProtocolClient
 from policyd.protocol import encode_request, parse_reply
 from ratelimit.listen import ListenAddress
 from tests.support.requests import postfix_request
@@ -19,20 +21,23 @@ from tests.support.requests import postfix_request
 ANSWER_TIMEOUT = 5.0
 
 
-class PolicyClient:
-    """An asyncio policy client on one connection."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+class PolicyClient(ProtocolClient):
+    """policyd.client's client with what tests need on top: requests built from the Postfix
+    3.7 attributes, a time limit on every answer, raw sends and the wait for a close."""
 
     @classmethod
     async def connect(cls, address: ListenAddress) -> PolicyClient:
-        if address.path is not None:
-            reader, writer = await asyncio.open_unix_connection(address.path)
-        else:
-            reader, writer = await asyncio.open_connection(address.host, address.port)
-        return cls(reader, writer)
+        connected = await ProtocolClient.connect(address)
+        return cls(connected.reader, connected.writer)
+
+    async def ask(self, request: dict[str, str] | bytes | None = None, **attributes: str) -> str:
+        """Send ``request``, or the Postfix request with ``attributes`` changed; the action
+        (fails the test if none comes in time)."""
+        if request is None:
+            request = encode_request(postfix_request(**attributes))
+        action = await asyncio.wait_for(super().ask(request), ANSWER_TIMEOUT)
+        assert action is not None, "the server closed the connection without a reply"
+        return action
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -44,11 +49,6 @@ class PolicyClient:
         action = parse_reply(data)
         assert action is not None, data
         return action
-
-    async def ask(self, **attributes: str) -> str:
-        """Send the Postfix request with ``attributes`` changed; return the action."""
-        await self.send(encode_request(postfix_request(**attributes)))
-        return await self.reply()
 
     async def closed(self) -> bytes:
         """Wait until the server closes the connection; return what it sent before (if any)."""
@@ -64,7 +64,7 @@ class PolicyClient:
                 received += chunk
 
     async def aclose(self) -> None:
-        self.writer.close()
+        await self.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
 
@@ -107,6 +107,6 @@ async def ask_once(address: ListenAddress, **attributes: str) -> str:
     """One connection, one request, one answer."""
     client = await PolicyClient.connect(address)
     try:
-        return await client.ask(**attributes)
+        return await client.ask(encode_request(postfix_request(**attributes)))
     finally:
         await client.aclose()

@@ -1,5 +1,7 @@
-"""The one signed-request helper (webhook.auth's signer, as the portal signs) and the one
-in-process webhook wiring, both used by every webhook test."""
+"""The one signed-request helper: webhook.auth's signer, as the portal signs.
+
+(The in-process webhook is built by smtp_whitelist.wiring.build_webhook, as the service
+builds it.)"""
 
 from __future__ import annotations
 
@@ -10,15 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from aiohttp import web
-
-from ratelimit.grants import Grants
-from ratelimit.nonces import NonceLedger
-from ratelimit.store import Store
-from smtp_whitelist.settings import Settings
 from webhook import auth
-from webhook.app import build_app
-from webhook.registered_name import RegisteredNameChecker
 
 
 def signature_headers(
@@ -61,22 +55,3 @@ def signed_request(port: int, method: str, path: str, body: Any, secret: str) ->
     except urllib.error.HTTPError as error:
         data = error.read()
         return error.code, (json.loads(data) if data else None)
-
-
-def webhook_app(
-    settings: Settings,
-    store: Store,
-    resolver: RegisteredNameChecker | None = None,
-    *,
-    grants: Grants | None = None,
-    **options: Any,
-) -> web.Application:
-    """The webhook application wired as the service wires it (``options``: build_app's)."""
-    return build_app(
-        settings,
-        grants or Grants(store, settings),
-        NonceLedger(store),
-        store,
-        resolver or RegisteredNameChecker.from_settings(settings),
-        **options,
-    )
