@@ -26,31 +26,19 @@ from smtp_whitelist.env_file import (
     forget_inherited_copies,
     unknown_names,
 )
-from smtp_whitelist.values import check_action, check_template, parse_dns_servers, parse_eligible
+from smtp_whitelist.values import (
+    DEFAULT_LIMIT_REPLY,
+    DEFAULT_TOO_BIG_REPLY,
+    SYSLOG_FACILITIES,
+    check_action,
+    check_template,
+    parse_dns_servers,
+    parse_eligible,
+)
 
 # HMAC-SHA256 keys shorter than this are guessable by brute force; 32 random characters carry
 # well over the 128 bits the campus portal needs.
 MIN_SECRET_LENGTH = 32
-
-DEFAULT_LIMIT_REPLY = (
-    "450 4.7.1 Too much mail from {ip}: the limit is {limit} per {window}."
-    " To send more for the next 60 minutes, register this computer at the campus portal"
-    " (SMTP White IP List)."
-)
-
-# One message with more recipients than a recipient limit allows can never pass, however long the
-# client waits: the answer is permanent, so the client bounces it instead of retrying for days.
-DEFAULT_TOO_BIG_REPLY = (
-    "550 5.7.1 Too many recipients in one message from {ip}: the limit is {limit} per {window},"
-    " so this message can never be sent as it is. Send it to fewer recipients at a time."
-)
-
-# syslog facilities SYSLOG_FACILITY may name (RFC 5424 6.2.1; "mail" puts the lines beside
-# Postfix's own).
-SYSLOG_FACILITIES = frozenset(
-    {"mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5",
-     "local6", "local7"}
-)  # fmt: skip
 
 _KEY_PREFIX = re.compile(r"^[A-Za-z0-9_:.\-]{1,32}$")
 
@@ -64,7 +52,7 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
-    """The settings of INTERFACE.md, validated; field names are the names without the prefix."""
+    """The settings of docs/interface.md, validated; field names are the names without prefix."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -174,7 +162,7 @@ class Settings(BaseSettings):
     @field_validator("handoff_secret", mode="before")
     @classmethod
     def _empty_is_off(cls, value: object) -> object:
-        # INTERFACE.md: an empty HANDOFF_SECRET turns the page off rather than being too short.
+        # docs/interface.md: an empty HANDOFF_SECRET turns the page off rather than being too short.
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("page_url")

@@ -11,6 +11,26 @@ import re
 
 from ratelimit.actions import check_action as check_postfix_action
 
+DEFAULT_LIMIT_REPLY = (
+    "450 4.7.1 Too much mail from {ip}: the limit is {limit} per {window}."
+    " To send more for the next 60 minutes, register this computer at the campus portal"
+    " (SMTP White IP List)."
+)
+
+# One message with more recipients than a recipient limit allows can never pass, however long the
+# client waits: the answer is permanent, so the client bounces it instead of retrying for days.
+DEFAULT_TOO_BIG_REPLY = (
+    "550 5.7.1 Too many recipients in one message from {ip}: the limit is {limit} per {window},"
+    " so this message can never be sent as it is. Send it to fewer recipients at a time."
+)
+
+# syslog facilities SYSLOG_FACILITY may name (RFC 5424 6.2.1; "mail" puts the lines beside
+# Postfix's own).
+SYSLOG_FACILITIES = frozenset(
+    {"mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5",
+     "local6", "local7"}
+)  # fmt: skip
+
 
 def parse_eligible(text: str) -> frozenset[tuple[str, str]]:
     pairs: set[tuple[str, str]] = set()

@@ -46,7 +46,7 @@ from webhook.registered_name import RegisteredNameChecker
 
 log = logging.getLogger(__name__)
 
-# INTERFACE.md: a body over 4 KiB is refused (413). A grant request is about 100 bytes; the cap
+# docs/interface.md: a body over 4 KiB is refused (413). A grant request is about 100 bytes; the cap
 # keeps a caller from making us buffer and hash megabytes before the signature is even checked.
 MAX_BODY = 4096
 # The portal sends a few requests a minute. Far more at once than this means a runaway client or
@@ -280,7 +280,7 @@ def build_app(
     app.router.add_get("/v1/whitelist", hooks.list, allow_head=False)
     app.router.add_get("/v1/whitelist/{ip}", hooks.show, allow_head=False)
     app.router.add_delete("/v1/whitelist/{ip}", hooks.remove)
-    if settings.handoff_secret is not None:  # INTERFACE.md: the page is off without it
+    if settings.handoff_secret is not None:  # docs/interface.md: the page is off without it
         sessions = PageSessions(store, max_age=settings.session_max_age)
         page.install(app, settings, sessions, grants, resolver, clock=clock, metrics=metrics)
     return app
