@@ -19,7 +19,7 @@ import sys
 from policyd.protocol import PolicyRequest
 from policyd.server import ConnectionLimits, PolicyServer
 from ratelimit.listen import parse_listen
-from smtp_whitelist.cli import run_event_loop
+from smtp_whitelist.loop import run_event_loop
 
 
 async def null_decide(request: PolicyRequest) -> str:
