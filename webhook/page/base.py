@@ -1,10 +1,7 @@
 """What every page answer shares: headers, outcomes and their statuses, rendering, the session.
 
-docs/interface.md, "Self-service page", is the contract; every answer is a page whose ``<main>``
-names its outcome in ``data-error``. The grant goes through the webhook's own rules
-(:mod:`webhook.rules`, :class:`~webhook.registered_name.RegisteredNameChecker`) in the
-webhook's order and through the same Redis script (:class:`ratelimit.grants.Grants`), audited
-with source ``page``; the policy server sees it on its very next request.
+Every answer is a page whose ``<main>`` names its outcome in ``data-error`` (docs/interface.md,
+"Self-service page"); the routes themselves are :mod:`webhook.page.views`.
 """
 
 from __future__ import annotations
