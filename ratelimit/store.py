@@ -183,6 +183,11 @@ class Store:
         """Raise StoreUnavailable unless Redis answers."""
         await self.call(self.client.ping)
 
+    async def server_info(self) -> dict[str, Any]:
+        """``INFO server`` as the client returns it (``check`` prints the version)."""
+        info: dict[str, Any] = await self.call(lambda: self.client.info("server"))
+        return info
+
     async def run_script_batched(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """Like :meth:`run_script`, but calls made together share one round trip
         (:class:`ratelimit.batch.Batcher`)."""

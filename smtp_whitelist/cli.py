@@ -8,23 +8,22 @@ problem, never a traceback); 3 Redis unreachable. The commands live in
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import NoReturn
 
 from policyd import logs
 from ratelimit.grant_rules import MAX_WHITELIST_TTL
 from ratelimit.store import StoreError, StoreUnavailable
-from smtp_whitelist.commands import COMMANDS
+from smtp_whitelist.commands import command_named
 from smtp_whitelist.commands.common import (
     EXIT_FAILED,
     EXIT_STORE,
     EXIT_USAGE,
     UsageError,
 )
+from smtp_whitelist.loop import run_event_loop
 from smtp_whitelist.settings import SettingsError, forget_inherited_copies, load_settings
 
 DEFAULT_ENV_FILE = Path("/etc/smtp-whitelist/smtp-whitelist.env")
@@ -165,7 +164,7 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if env_file is not None:
         forget_inherited_copies(env_file)
-    command = COMMANDS[args.command]
+    command = command_named(args.command)
     try:
         return run_event_loop(command(args, settings, env_file))
     except UsageError as error:
@@ -180,15 +179,3 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_STORE
     except KeyboardInterrupt:
         return EXIT_FAILED
-
-
-def run_event_loop(coroutine: Awaitable[int]) -> int:
-    """Run on uvloop when it is installed (the ``fast`` extra), else on asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        factory = None
-    else:
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coroutine)  # type: ignore[arg-type]

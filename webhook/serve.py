@@ -17,7 +17,7 @@ from ratelimit.listen import ListenAddress, remove_stale_socket
 
 log = logging.getLogger(__name__)
 
-# INTERFACE.md: on SIGTERM the process exits within 5 s. aiohttp waits this long for requests
+# docs/interface.md: on SIGTERM the process exits within 5 s. aiohttp waits this long for requests
 # in flight to finish, then as long again for the cancelled ones to unwind before closing them:
 # at most 2 x 1.5 s, which leaves the rest of the 5 s for the policy server and Redis.
 SHUTDOWN_GRACE = 1.5

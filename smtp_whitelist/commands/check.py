@@ -21,7 +21,7 @@ async def cmd_check(args: argparse.Namespace, settings: Settings, env: Path | No
         print(f"{name}={value}")
     async with open_store(settings) as store:
         await store.ping()
-        info = await store.call(lambda: store.client.info("server"))
+        info = await store.server_info()
         note = await StageEvidence(store).read()
     if note is not None:
         # Known only once a policy server has seen the evidence (see policyd/stage_watch.py).

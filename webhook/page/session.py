@@ -21,9 +21,9 @@ from typing import Any
 from ratelimit.store import Store
 from webhook.page.handoff import Handoff
 
-# A verification code is single-use and valid 5 minutes (INTERFACE.md).
+# A verification code is single-use and valid 5 minutes (docs/interface.md).
 CODE_TTL = 300
-# INTERFACE.md: five wrong codes end the session, so guessing a 5-digit code by trying
+# docs/interface.md: five wrong codes end the session, so guessing a 5-digit code by trying
 # (1 in 100,000 per try) needs a fresh hand-off from the login system every five tries.
 MAX_WRONG_CODES = 5
 # A session's key outlives SESSION_MAX_AGE by this much, so a person who comes back late is
@@ -32,7 +32,7 @@ KEEP_AFTER_MAX_AGE = 3600
 # 32 random bytes: a session id nobody can guess (OWASP asks for at least 64 bits of entropy).
 SESSION_ID_BYTES = 32
 
-# Portal-check codes (INTERFACE.md; the campus' own numbers).
+# Portal-check codes (docs/interface.md; the campus' own numbers).
 UNKNOWN, IDLE, TOO_OLD, NO_SESSION, NOT_ELIGIBLE = "-1", "-2", "-3", "-4", "-5"
 IP_MISMATCH = "ip_mismatch"
 
