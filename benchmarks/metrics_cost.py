@@ -22,7 +22,7 @@ from ratelimit.limiter import LimitConfig, Limiter
 from ratelimit.metrics import Metrics
 from ratelimit.store import Store
 from smtp_whitelist.settings import Settings
-from tests.helpers import policy_request
+from tests.support import policy_request
 
 
 def _request() -> PolicyRequest:
