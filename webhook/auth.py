@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
+import time
 from dataclasses import dataclass
 
 # docs/interface.md: a timestamp more than 300 s from now is refused. Five minutes absorbs ordinary
@@ -66,6 +68,28 @@ def sign(secret: str, timestamp: str, nonce: str, method: str, path: str, body: 
         secret.encode(), signing_input(timestamp, nonce, method, path, body), hashlib.sha256
     )
     return "sha256=" + mac.hexdigest()
+
+
+def signed_headers(
+    secret: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    timestamp: str | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """The three headers of a signed request, as the portal sends them: now, a fresh nonce.
+
+    ``path`` is the raw path without its query, as :func:`verify` is given it.
+    """
+    timestamp = timestamp or str(int(time.time()))
+    nonce = nonce or secrets.token_urlsafe(24)  # 32 characters of the nonce alphabet
+    return {
+        TIMESTAMP_HEADER: timestamp,
+        NONCE_HEADER: nonce,
+        SIGNATURE_HEADER: sign(secret, timestamp, nonce, method, path, body),
+    }
 
 
 def verify(
