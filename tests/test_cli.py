@@ -13,7 +13,7 @@ import pytest
 
 from ratelimit.addresses import parse_ip
 from ratelimit.grants import Grants
-from ratelimit.store import Store
+from ratelimit.store import KeyLayout, Store
 from tests.support import (
     PolicyClient,
     PolicydProcess,
@@ -244,7 +244,9 @@ async def test_add_and_the_webhook_write_the_same_key(
     items = json.loads((await run_cli_async("list", "--json", env=env)).stdout)["items"]
     assert [(i["ip"], i["user"]) for i in items] == [("203.0.113.5", "dave")]
     assert (await run_cli_async("remove", "203.0.113.5", env=env)).returncode == 0
-    assert redis_server.cli("EXISTS", "cli:wl:203.0.113.5") == "0"
+    assert (
+        redis_server.cli("EXISTS", KeyLayout("cli:").grant("203.0.113.5", "203.0.113.5/32")) == "0"
+    )
 
 
 # -- query --------------------------------------------------------------------------------

@@ -29,10 +29,10 @@ from tests.support import (
     free_port,
     policy_request,
     require_tool,
-    signature_headers,
     signed_request,
     wait_for,
 )
+from webhook import auth
 from webhook.serve import start_webhook
 
 SECRET = "metrics-test-secret-" + "m" * 32
@@ -264,7 +264,7 @@ async def test_webhook_counts_grants_by_outcome_and_requests_by_route(
     async def call(session: aiohttp.ClientSession, method: str, path: str, body: bytes) -> int:
         headers = {
             "Content-Type": "application/json",
-            **signature_headers(SECRET, method, path, body),
+            **auth.signed_headers(SECRET, method, path, body),
         }
         url = f"http://127.0.0.1:{port}{path}"
         async with session.request(method, url, data=body, headers=headers) as answer:

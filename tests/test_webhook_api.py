@@ -34,7 +34,6 @@ from tests.support import (
     free_port,
     make_settings,
     require_tool,
-    signature_headers,
     wait_for,
 )
 from webhook import auth
@@ -124,7 +123,7 @@ class Portal:
         self.sent_nonces.append(nonce)
         headers: dict[str, str] = {}
         if signed:
-            headers = signature_headers(
+            headers = auth.signed_headers(
                 secret or self.secret,
                 sign_method or method,
                 sign_path or path,

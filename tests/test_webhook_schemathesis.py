@@ -43,7 +43,7 @@ import webhook
 from ratelimit.store import Store
 from smtp_whitelist.settings import Settings
 from smtp_whitelist.wiring import build_webhook
-from tests.support import require_tool, signature_headers, webhook_process
+from tests.support import require_tool, webhook_process
 from webhook import auth
 
 SPEC = Path(webhook.__file__).parent / "openapi.yaml"
@@ -100,7 +100,9 @@ class SigningSession(requests.Session):
         assert isinstance(body, bytes), "schemathesis sent a streamed body"
         # The path as it is on the request line (percent-encoding kept), without the query.
         path = urlsplit(request.url or "").path
-        request.headers.update(signature_headers(self.secret, request.method or "GET", path, body))
+        request.headers.update(
+            auth.signed_headers(self.secret, request.method or "GET", path, body)
+        )
         self.sent += 1
         return super().send(request, **kwargs)
 

@@ -21,8 +21,8 @@ from tests.support import (
     free_port,
     make_settings,
     port_open,
-    signature_headers,
 )
+from webhook import auth
 from webhook.registered_name import RegisteredNameChecker
 from webhook.serve import SHUTDOWN_GRACE, bound_ports, start_webhook
 
@@ -45,7 +45,7 @@ async def _signed_post(session: aiohttp.ClientSession, port: int) -> int:
     ).encode()
     headers = {
         "Content-Type": "application/json",
-        **signature_headers(SECRET, "POST", "/v1/whitelist", body),
+        **auth.signed_headers(SECRET, "POST", "/v1/whitelist", body),
     }
     url = f"http://127.0.0.1:{port}/v1/whitelist"
     async with session.post(url, data=body, headers=headers) as response:

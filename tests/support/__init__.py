@@ -17,7 +17,7 @@ from tests.support.requests import POSTFIX_37_REQUEST, policy_request, postfix_r
 from tests.support.service import PolicydProcess, Service, webhook_process
 from tests.support.settings import TEST_LIMIT_REPLY, limit_reply, make_settings
 from tests.support.tools import require_tool
-from tests.support.webhook import signature_headers, signed_request
+from tests.support.webhook import signed_request
 
 __all__ = [
     "ANSWER_TIMEOUT",
@@ -47,7 +47,6 @@ __all__ = [
     "require_tool",
     "run_cli",
     "run_cli_async",
-    "signature_headers",
     "signed_request",
     "wait_for",
     "webhook_process",

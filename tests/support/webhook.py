@@ -1,4 +1,5 @@
-"""The one signed-request helper: webhook.auth's signer, as the portal signs.
+"""The one signed-request helper, on webhook.auth's signer (``auth.signed_headers``, which the
+tests that build their own requests use directly).
 
 (The in-process webhook is built by smtp_whitelist.wiring.build_webhook, as the service
 builds it.)"""
@@ -6,8 +7,6 @@ builds it.)"""
 from __future__ import annotations
 
 import json
-import secrets
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -15,31 +14,11 @@ from typing import Any
 from webhook import auth
 
 
-def signature_headers(
-    secret: str,
-    method: str,
-    path: str,
-    body: bytes,
-    *,
-    timestamp: str | None = None,
-    nonce: str | None = None,
-) -> dict[str, str]:
-    """X-Timestamp, X-Nonce and X-Signature for one request (now and a fresh nonce unless
-    given): signed over the method, the raw path and the raw body."""
-    timestamp = timestamp or str(int(time.time()))
-    nonce = nonce or secrets.token_urlsafe(24)
-    return {
-        auth.TIMESTAMP_HEADER: timestamp,
-        auth.NONCE_HEADER: nonce,
-        auth.SIGNATURE_HEADER: auth.sign(secret, timestamp, nonce, method, path, body),
-    }
-
-
 def signed_request(port: int, method: str, path: str, body: Any, secret: str) -> tuple[int, Any]:
     """A signed webhook request to loopback ``port``, as the portal makes it, from a
     synchronous test: (status, the parsed JSON answer or None when it has no body)."""
     raw = b"" if body is None else json.dumps(body).encode()
-    headers = signature_headers(secret, method, path, raw)
+    headers = auth.signed_headers(secret, method, path, raw)
     if body is not None:
         headers["Content-Type"] = "application/json"
     request = urllib.request.Request(
