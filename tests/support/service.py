@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
+from ratelimit.listen import ListenAddress
 from tests.support.cli import SMTP_WHITELIST, clean_env, run_cli
 from tests.support.net import free_port
 from tests.support.redis_server import RedisServer
@@ -167,8 +168,6 @@ class PolicydProcess(Service):
     """``smtp-whitelist policyd`` on a free loopback port (settings as keyword arguments)."""
 
     def __init__(self, directory: Path, **settings: str) -> None:
-        from ratelimit.listen import ListenAddress
-
         self.port = free_port()
         settings.setdefault("policy_listen", f"127.0.0.1:{self.port}")
         self.address = ListenAddress("127.0.0.1", self.port, None)
