@@ -35,6 +35,24 @@ class Outcome(enum.Enum):
     LIMITED = "limited"  # a limit is reached: refuse, nothing counted
 
 
+class Decided(enum.IntEnum):
+    """decide.lua's first reply element: what the script decided (see its header)."""
+
+    ACCEPTED = 0
+    WHITELISTED = 1
+    MESSAGE_LIMIT = 2  # the reply's index is a MESSAGE_LIMITS entry (1-based)
+    RECIPIENT_LIMIT = 3  # ... a RECIPIENT_LIMITS entry
+    USAGE = 4  # "usage" mode: the counts follow
+
+
+class Mode(enum.Enum):
+    """decide.lua's ARGV[1]."""
+
+    COUNT = "count"  # DATA: check and record
+    CHECK = "check"  # RCPT: message limits only, nothing recorded
+    USAGE = "usage"  # `show`: every limit's count, nothing decided
+
+
 class Counted(enum.Enum):
     """What a limit counts."""
 
@@ -140,11 +158,11 @@ class Limiter:
 
     async def count_message(self, address: IPAddress, recipients: int) -> Verdict:
         """DATA: refuse if this message would exceed any limit, else count it. One round trip."""
-        return await self._decide(address, "count", recipients)
+        return await self._decide(address, Mode.COUNT, recipients)
 
     async def check(self, address: IPAddress) -> Verdict:
         """RCPT: refuse when the client is already at a message limit; counts nothing."""
-        return await self._decide(address, "check", 0)
+        return await self._decide(address, Mode.CHECK, 0)
 
     def _client(self, address: IPAddress) -> tuple[str, list[str] | None]:
         """The network ``address`` is counted under and the script's keys (None: exempt)."""
@@ -171,7 +189,7 @@ class Limiter:
             clients[address] = found
         return found
 
-    async def _decide(self, address: IPAddress, mode: str, recipients: int) -> Verdict:
+    async def _decide(self, address: IPAddress, mode: Mode, recipients: int) -> Verdict:
         config, args = self.config, self._args
         network, keys = self._client(address)
         if keys is None:
@@ -179,14 +197,14 @@ class Limiter:
         if not config.message_limits and not config.recipient_limits:
             return Verdict(Outcome.ACCEPTED, network)
         recipients = min(max(recipients, 0), MAX_RECIPIENTS)
-        reply = await self.store.run_script_batched(_DECIDE, keys, [mode, recipients, *args])
+        reply = await self.store.run_script_batched(_DECIDE, keys, [mode.value, recipients, *args])
         code = reply[0]
-        if code == 0:
+        if code == Decided.ACCEPTED:
             return Verdict(Outcome.ACCEPTED, network)
-        if code == 1:
+        if code == Decided.WHITELISTED:
             return Verdict(Outcome.WHITELISTED, network)
         _, index, used, compromised = reply
-        if code == 2:
+        if code == Decided.MESSAGE_LIMIT:
             limit, counted = config.message_limits[index - 1], Counted.MESSAGES
         else:
             limit, counted = config.recipient_limits[index - 1], Counted.RECIPIENTS
@@ -200,7 +218,7 @@ class Limiter:
         reply = await self.store.run_script(
             _DECIDE,
             [keys.client_log(network), keys.grant(str(address), network)],
-            ["usage", 0, *self._args],
+            [Mode.USAGE.value, 0, *self._args],
         )
         used = list(reply[1:])
         limits = [(Counted.MESSAGES, lim) for lim in config.message_limits]
