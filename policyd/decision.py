@@ -20,7 +20,7 @@ from policyd.scope import LimitedScope
 from policyd.stage_watch import StageObserver, StageReport
 from policyd.store_outage import StoreOutage, decision_fields
 from ratelimit.addresses import IPAddress, parse_ip
-from ratelimit.limiter import Counted, Limiter, Outcome, Verdict
+from ratelimit.limiter import Counted, Limited, Limiter, Verdict
 from ratelimit.limits import Limit, format_window
 from ratelimit.metrics import Metrics
 from ratelimit.store import StoreUnavailable
@@ -183,12 +183,12 @@ class PolicyDecider:
                 str(address), state, request, error, self.replies
             ), STORE_ERROR
         self.outage.ok()
-        if verdict.outcome is not Outcome.LIMITED and not log.isEnabledFor(logging.DEBUG):
+        if not isinstance(verdict, Limited) and not log.isEnabledFor(logging.DEBUG):
             return DUNNO, verdict.outcome.value  # the common case: no address text, no log line
         return self._reply(str(address), state, request, verdict), verdict.outcome.value
 
     def _reply(self, ip: str, state: str, request: PolicyRequest, verdict: Verdict) -> str:
-        if verdict.outcome is not Outcome.LIMITED:
+        if not isinstance(verdict, Limited):
             if log.isEnabledFor(logging.DEBUG):
                 recipients = (
                     f" recipients={request.recipient_count}" if state in COUNTED_STATES else ""
@@ -205,8 +205,6 @@ class PolicyDecider:
                     extra=decision_fields(ip, state, request, action=DUNNO),
                 )
             return DUNNO
-        assert verdict.limit is not None
-        assert verdict.counted is not None
         limit, counted = verdict.limit, verdict.counted
         replies = self.replies
         too_big = self._too_big(state, request) if replies.too_big_reply else None

@@ -8,7 +8,7 @@ import time
 from policyd.logs import fields, rfc3339
 from policyd.protocol import PolicyRequest
 from policyd.refusal_log import RefusalLog
-from ratelimit.limiter import Verdict
+from ratelimit.limiter import Limited
 from ratelimit.metrics import Metrics
 
 log = logging.getLogger("policyd.decision")
@@ -28,10 +28,10 @@ def log_summaries(refusals: RefusalLog, *, everything: bool = False) -> None:
 
 
 def log_compromised(
-    ip: str, request: PolicyRequest, verdict: Verdict, metrics: Metrics | None
+    ip: str, request: PolicyRequest, verdict: Limited, metrics: Metrics | None
 ) -> None:
     """Once per client per hour across every daemon sharing the Redis (decide.lua says when)."""
-    limit = f"{verdict.limit} {verdict.counted.value if verdict.counted else ''}".strip()
+    limit = f"{verdict.limit} {verdict.counted.value}"
     log.warning(
         "likely compromised client=%s refusals=%d within the hour (OFFENDER_THRESHOLD) limit=%s"
         " sender=%s network=%s queue_id=%s",

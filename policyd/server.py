@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from policyd.connection import PolicyConnection
 from policyd.protocol import PolicyRequest
-from ratelimit.listen import ListenAddress, remove_stale_socket
+from ratelimit.listen import ListenAddress, bind_listeners
 
 log = logging.getLogger(__name__)
 
@@ -87,29 +87,22 @@ class PolicyServer:
     async def start(self, addresses: Sequence[ListenAddress]) -> None:
         """Bind every address (raise OSError naming the one that failed)."""
         loop = asyncio.get_running_loop()
+        sockets = bind_listeners(addresses, unix_mode=UNIX_SOCKET_MODE)
+        try:
+            for sock in sockets:
+                if sock.family == socket.AF_UNIX:
+                    self.unix_paths.append(sock.getsockname())
+                self.listeners.append(
+                    await loop.create_server(
+                        lambda: PolicyConnection(self), sock=sock, backlog=LISTEN_BACKLOG
+                    )
+                )
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            await self.stop(grace=0)
+            raise
         for address in addresses:
-            try:
-                if address.path is not None:
-                    remove_stale_socket(address.path)
-                    server = await loop.create_unix_server(
-                        lambda: PolicyConnection(self), address.path, backlog=LISTEN_BACKLOG
-                    )
-                    os.chmod(address.path, UNIX_SOCKET_MODE)
-                    self.unix_paths.append(address.path)
-                else:
-                    server = await loop.create_server(
-                        lambda: PolicyConnection(self),
-                        address.host,
-                        address.port or 0,
-                        backlog=LISTEN_BACKLOG,
-                        reuse_address=True,
-                    )
-            except OSError as error:
-                await self.stop(grace=0)
-                raise OSError(
-                    error.errno, f"cannot listen on {address}: {error.strerror}"
-                ) from None
-            self.listeners.append(server)
             log.info("policy server listening on %s", address)
 
     @property

@@ -120,7 +120,7 @@ class Grants:
         have expired (it counts against that user's cap meanwhile), so a warning is enough."""
         key = self.store.keys.user_grants(user)
         try:
-            await self.store.call(lambda: self.store.client.zrem(key, ip))
+            await self.store.zrem(key, ip)
         except StoreUnavailable as error:
             log.warning("could not unlink %s from %s's grants (%s)", ip, user, error)
 
@@ -193,7 +193,7 @@ class Grants:
             # One round trip, not a transaction: a grant that ends between the two reads has a
             # negative PTTL and counts as gone. (redis-py 8.1's cluster client breaks its
             # connections after a transaction pipeline, so none is used.)
-            pipe = self.store.client.pipeline(transaction=False)
+            pipe = self.store.pipeline(transaction=False)
             pipe.get(key)
             pipe.pttl(key)
             return list(await pipe.execute())
@@ -222,7 +222,7 @@ class Grants:
             names = await self.store.scan_keys(keys.grant_pattern, SCAN_COUNT)
             if not names:
                 return []
-            pipe = self.store.client.pipeline(transaction=False)
+            pipe = self.store.pipeline(transaction=False)
             for name in names:
                 pipe.get(name)
                 pipe.pttl(name)

@@ -61,17 +61,32 @@ class Counted(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
-    """A decision, with what an operator's log line needs."""
+class Passed:
+    """Not limited: accepted (and counted, at DATA), whitelisted or exempt."""
 
-    outcome: Outcome
+    outcome: Outcome  # never LIMITED: a refusal is a Limited, with what its log line needs
     network: str
-    limit: Limit | None = None
-    counted: Counted | None = None
-    used: int = 0  # what the reached limit had counted before this message
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    """A limit is reached: refuse, nothing counted; everything the refusal's log line needs."""
+
+    network: str
+    limit: Limit
+    counted: Counted
+    used: int  # what the reached limit had counted before this message
     # The client's refusals this hour, set only on the one refusal (across every daemon sharing
     # the Redis) that brought them to OFFENDER_THRESHOLD: log it as likely compromised.
     compromised: int = 0
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.LIMITED
+
+
+# A decision: each outcome carries exactly its fields, so no reader asserts one is present.
+Verdict = Passed | Limited
 
 
 class LimitSettings(Protocol):
@@ -193,22 +208,22 @@ class Limiter:
         config, args = self.config, self._args
         network, keys = self._client(address)
         if keys is None:
-            return Verdict(Outcome.EXEMPT, network)
+            return Passed(Outcome.EXEMPT, network)
         if not config.message_limits and not config.recipient_limits:
-            return Verdict(Outcome.ACCEPTED, network)
+            return Passed(Outcome.ACCEPTED, network)
         recipients = min(max(recipients, 0), MAX_RECIPIENTS)
         reply = await self.store.run_script_batched(_DECIDE, keys, [mode.value, recipients, *args])
         code = reply[0]
         if code == Decided.ACCEPTED:
-            return Verdict(Outcome.ACCEPTED, network)
+            return Passed(Outcome.ACCEPTED, network)
         if code == Decided.WHITELISTED:
-            return Verdict(Outcome.WHITELISTED, network)
+            return Passed(Outcome.WHITELISTED, network)
         _, index, used, compromised = reply
         if code == Decided.MESSAGE_LIMIT:
             limit, counted = config.message_limits[index - 1], Counted.MESSAGES
         else:
             limit, counted = config.recipient_limits[index - 1], Counted.RECIPIENTS
-        return Verdict(Outcome.LIMITED, network, limit, counted, used, compromised)
+        return Limited(network, limit, counted, used, compromised)
 
     async def usage(self, address: IPAddress) -> list[Usage]:
         """Every limit's current use for the client's network (``smtp-whitelist show``)."""

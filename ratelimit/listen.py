@@ -1,7 +1,12 @@
-"""Where the servers listen: the address syntax, and the one stale-socket rule both follow.
+"""Where the servers listen: the address syntax, the one bind helper and the one stale-socket rule.
 
 It lives in ``ratelimit`` only because that is the package the policy server and the webhook
-both import (they may not import each other, nor the application); it touches no Redis.
+both import (they may not import each other, nor the application); it touches no Redis. Each
+server binds through :func:`bind_listeners` and hands the sockets to its own framework (asyncio's
+``create_server(sock=...)``, aiohttp's ``SockSite``), which listens with its own backlog; so TCP,
+``[v6]:port`` and UNIX addresses, the error line and the clean-up on failure are the same for
+both. The servers keep calling it themselves (rather than being given sockets by the service) so
+that the tests and benchmarks that start one server on its own get the same rule.
 
 A socket file left by a killed server makes ``bind`` fail with EADDRINUSE, so it is removed —
 but only when it is a socket and nobody accepts on it. Anything else at the path (an ordinary
@@ -12,12 +17,14 @@ cost an operator a file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
 import re
 import socket
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -92,3 +99,65 @@ def parse_listen(text: str) -> tuple[ListenAddress, ...]:
     if not found:
         raise ValueError("at least one address is needed")
     return tuple(found)
+
+
+def bind_listeners(
+    addresses: Sequence[ListenAddress], *, unix_mode: int | None = None
+) -> list[socket.socket]:
+    """Bind every address (not yet listening); raise OSError naming the first that failed.
+
+    A host name may stand for several addresses (``localhost``: v4 and v6); each gets a socket,
+    as asyncio's ``create_server`` would. On failure the sockets already bound are closed and the
+    UNIX socket files this call created are removed, so nothing is left half-bound. ``unix_mode``
+    is applied to each socket file (who may connect), when given.
+    """
+    bound: list[socket.socket] = []
+    try:
+        for address in addresses:
+            try:
+                bound += _bind(address, unix_mode)
+            except OSError as error:
+                raise OSError(
+                    error.errno, f"cannot listen on {address}: {error.strerror}"
+                ) from None
+    except BaseException:
+        for sock in bound:
+            if sock.family == socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    os.unlink(sock.getsockname())  # ours: bound a moment ago by this call
+            sock.close()
+        raise
+    return bound
+
+
+def _bind(address: ListenAddress, unix_mode: int | None) -> list[socket.socket]:
+    if address.path is not None:
+        remove_stale_socket(address.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(address.path)
+            if unix_mode is not None:
+                os.chmod(address.path, unix_mode)
+        except BaseException:
+            sock.close()
+            raise
+        return [sock]
+    found: list[socket.socket] = []
+    infos = socket.getaddrinfo(
+        address.host, address.port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    try:
+        for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            found.append(sock)
+            # A restarted server rebinds at once, not after TIME_WAIT (as create_server does).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # [::]:port must not also take the v4 port that another address may name.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+    except BaseException:
+        for sock in found:
+            sock.close()
+        raise
+    return found

@@ -2,6 +2,8 @@
 
 The store owns one connection pool, built once in ``main`` and passed in. Every call is bounded
 by ``STORE_TIMEOUT`` and every failure becomes :class:`StoreUnavailable` (ratelimit.errors).
+The raw client is private (``_client``): callers use the typed methods below, so every command
+goes through the timeout, the breaker and the cluster rules (tests/test_architecture.py).
 Beside it, by role: the key layout (keys.py), the scripts (scripts.py), the circuit breaker
 (breaker.py) and the decision batches (batch.py).
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -69,7 +71,7 @@ class Store:
         timeout: float,
         min_replicas: int = 0,
     ) -> None:
-        self.client = client
+        self._client = client
         self.keys = keys
         self.timeout = timeout
         self.min_replicas = min_replicas  # GRANT_MIN_REPLICAS: see run_script_confirmed
@@ -91,11 +93,11 @@ class Store:
     async def _probe(self) -> None:
         """The breaker's probe: PING, on a cluster every master (after reloading the slot map,
         so a promoted replica is found)."""
-        if isinstance(self.client, RedisCluster):
-            await self.client.nodes_manager.initialize()
-            await self.client.ping(target_nodes=RedisCluster.PRIMARIES)
+        if isinstance(self._client, RedisCluster):
+            await self._client.nodes_manager.initialize()
+            await self._client.ping(target_nodes=RedisCluster.PRIMARIES)
         else:
-            await self.client.ping()
+            await self._client.ping()
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis operation within the timeout; any failure is StoreUnavailable."""
@@ -117,16 +119,16 @@ class Store:
 
         async def run() -> Any:
             try:
-                return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
             except NoScriptError:
-                await self.client.script_load(script.source)
-                return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                await self._client.script_load(script.source)
+                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
 
         async def run_on_node() -> Any:
             # redis-py 8.1's cluster client breaks its connections on the SCRIPT LOAD that
             # follows a NOSCRIPT ("attached to a different loop"), so on a cluster the script
             # runs on a connection lent by the key's node, loaded there when missing.
-            async with connection_for(self.client, keys[0]) as connection:
+            async with connection_for(self._client, keys[0]) as connection:
                 result, _ = await script_then(connection, script, keys, args, None)
             if isinstance(result, Exception):
                 raise result
@@ -147,7 +149,7 @@ class Store:
         wait = ("WAIT", self.min_replicas, max(1, round(self.timeout * 1000)))
 
         async def run() -> tuple[Any, Any]:
-            async with connection_for(self.client, keys[0]) as connection:
+            async with connection_for(self._client, keys[0]) as connection:
                 return await script_then(connection, script, keys, args, wait)
 
         self.breaker.check()
@@ -168,24 +170,62 @@ class Store:
             )
         return result
 
-    def pipeline(self) -> Any:
-        """Commands sent together: a MULTI/EXEC transaction on one Redis; on a cluster a plain
-        pipeline (each command atomic on its own), as redis-py 8.1's cluster transactions were
-        seen to break the client's connections for the calls after them."""
-        return self.client.pipeline(transaction=not self.cluster)
+    def pipeline(self, *, transaction: bool = True) -> Any:
+        """Commands sent together: a MULTI/EXEC transaction on one Redis (unless
+        ``transaction=False``); on a cluster always a plain pipeline (each command atomic on its
+        own), as redis-py 8.1's cluster transactions were seen to break the client's connections
+        for the calls after them. Execute it inside :meth:`call`."""
+        return self._client.pipeline(transaction=transaction and not self.cluster)
+
+    # One command each, bounded by call(): the typed door for the modules beside the store.
+
+    async def get(self, key: str) -> bytes | None:
+        return cast(bytes | None, await self.call(lambda: self._client.get(key)))
+
+    async def set(self, key: str, value: bytes | str, *, ex: int, nx: bool = False) -> bool:
+        """SET with a lifetime (never a key that lives forever); False when ``nx`` found one."""
+        return bool(await self.call(lambda: self._client.set(key, value, ex=ex, nx=nx)))
+
+    async def delete(self, *keys: str) -> int:
+        return int(await self.call(lambda: self._client.delete(*keys)))
+
+    async def hgetall(self, key: str) -> dict[bytes, bytes]:
+        return cast(dict[bytes, bytes], await self.call(lambda: self._client.hgetall(key)))
+
+    async def zrem(self, key: str, member: str) -> int:
+        return int(await self.call(lambda: self._client.zrem(key, member)))
+
+    # Parts of a larger operation: call them inside call(), which bounds the whole.
+
+    async def time(self) -> tuple[int, int]:
+        """Redis' clock: (seconds, microseconds). On its own: a cluster pipeline refuses TIME."""
+        seconds, micros = await self._client.time()
+        return int(seconds), int(micros)
+
+    async def zrange_scored(self, key: str) -> list[tuple[bytes, float]]:
+        """A whole sorted set, lowest score first, with the scores."""
+        reply = await self._client.zrange(key, 0, -1, withscores=True)
+        return cast(list[tuple[bytes, float]], reply)
+
+    async def xrevrange(
+        self, key: bytes | str, upper: str, count: int
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Up to ``count`` stream entries, newest first, from ``upper`` down."""
+        reply = await self._client.xrevrange(key, max=upper, min="-", count=count)
+        return cast(list[tuple[bytes, dict[bytes, bytes]]], reply)
 
     async def scan_keys(self, pattern: str, count: int = 1000) -> list[bytes]:
         """Every key matching ``pattern``, by SCAN (never KEYS); on a cluster, on every master.
         Call it inside :meth:`call`."""
-        return [key async for key in self.client.scan_iter(pattern, count=count)]
+        return [key async for key in self._client.scan_iter(pattern, count=count)]
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
-        await self.call(self.client.ping)
+        await self.call(self._client.ping)
 
     async def server_info(self) -> dict[str, Any]:
         """``INFO server`` as the client returns it (``check`` prints the version)."""
-        info: dict[str, Any] = await self.call(lambda: self.client.info("server"))
+        info: dict[str, Any] = await self.call(lambda: self._client.info("server"))
         return info
 
     async def run_script_batched(self, script: Script, keys: list[str], args: list[Any]) -> Any:
@@ -196,4 +236,4 @@ class Store:
     async def aclose(self) -> None:
         await self.batcher.aclose()
         await self.breaker.aclose()
-        await close_client(self.client)
+        await close_client(self._client)

@@ -73,3 +73,45 @@ def test_no_file_is_longer_than_the_ceiling(package: str) -> None:
         if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+# The Store's own file: the only one that may touch its Redis client (ratelimit/store.py's
+# docstring). Everyone else goes through its typed methods, which bound each call by
+# STORE_TIMEOUT, feed the circuit breaker and keep to the cluster's rules.
+STORE_FILES = {ROOT / "ratelimit" / "store.py"}
+
+
+def _raw_client_uses(path: Path) -> list[int]:
+    """Lines where ``path`` reads ``.client`` or ``._client`` of something named ``store``
+    (``store.client``, ``self.store._client``, ``running.store.client``...)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Attribute) and node.attr in {"client", "_client"}:
+            owner = node.value
+            name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", "")
+            if name == "store":
+                found.append(node.lineno)
+    return sorted(found)
+
+
+@pytest.mark.parametrize("package", [*PACKAGES, "benchmarks"])
+def test_no_module_reaches_past_the_store_to_its_redis_client(package: str) -> None:
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in _files(package)
+        if path not in STORE_FILES
+        for line in _raw_client_uses(path)
+    ]
+    assert wrong == []
+
+
+def test_the_client_scan_sees_every_spelling(tmp_path: Path) -> None:
+    # Hollow if a spelling went unseen: through self, through a local, and the private name.
+    source = tmp_path / "reach.py"
+    source.write_text(
+        "async def f(self, store):\n"
+        "    await self.store.client.get('k')\n"
+        "    store._client.ping()\n"
+        "    self.batcher.client\n"  # not a Store: the batcher's own client
+    )
+    assert _raw_client_uses(source) == [2, 3]

@@ -78,7 +78,7 @@ async def test_every_entry_point_goes_through_the_same_rules(redis_server: Redis
                     source="webhook",
                     max_per_user=3,
                 )
-        assert await store.client.dbsize() == 0
+        assert await store._client.dbsize() == 0
     finally:
         await store.aclose()
 

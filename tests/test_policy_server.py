@@ -269,7 +269,7 @@ async def test_rcpt_checks_without_counting(redis_server: RedisServer) -> None:
         assert await send_messages(client, 1, recipients=3) == [DUNNO]
         # At the recipient limit but not a message limit: RCPT only checks message limits.
         assert await client.ask(protocol_state="RCPT", client_address=IP) == DUNNO
-        await running.store.client.delete(running.store.keys.client_log(f"{IP}/32"))
+        await running.store._client.delete(running.store.keys.client_log(f"{IP}/32"))
         assert await send_messages(client, 2, recipients=0) == [DUNNO, DUNNO]
         rcpt = await client.ask(protocol_state="RCPT", client_address=IP)
         assert rcpt == refused("2 messages", "1m")

@@ -29,7 +29,7 @@ async def test_a_call_of_many_round_trips_ends_at_store_timeout(
     async def many() -> None:
         nonlocal done
         for _ in range(ROUND_TRIPS):
-            await store.client.ping()
+            await store._client.ping()
             done += 1
 
     try:

@@ -38,12 +38,12 @@ class RunningServer:
 
     async def log_size(self, network: str) -> int:
         """Entries in the client network's log in Redis (0 when the key does not exist)."""
-        return int(await self.store.client.zcard(self.store.keys.client_log(network)))
+        return int(await self.store._client.zcard(self.store.keys.client_log(network)))
 
     async def keys(self) -> list[str]:
         """Every key under this test's prefix."""
         pattern = self.store.keys.prefix + "*"
-        return sorted([k.decode() async for k in self.store.client.scan_iter(pattern)])
+        return sorted([k.decode() async for k in self.store._client.scan_iter(pattern)])
 
 
 @contextlib.asynccontextmanager
