@@ -16,20 +16,22 @@ import resource
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
-from policyd.metrics_http import MetricsServer
 from policyd.sdnotify import notify
 from policyd.stage_watch import StageWatch
 from ratelimit.metrics import Metrics
 from ratelimit.stage_evidence import StageEvidence
 from ratelimit.store import Store, StoreUnavailable
 from smtp_whitelist.commands.common import EXIT_FAILED, EXIT_OK, UsageError
+from smtp_whitelist.components import (
+    Component,
+    MetricsComponent,
+    PolicyComponent,
+    WebhookComponent,
+)
 from smtp_whitelist.reload import apply_reload
 from smtp_whitelist.settings import Settings, SettingsError, load_settings
 from smtp_whitelist.wiring import build_policy, build_webhook
-from webhook.app import WEBHOOK
-from webhook.serve import start_webhook
 
 log = logging.getLogger("policyd")
 
@@ -68,13 +70,19 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     # Built only when served: with METRICS_LISTEN empty nothing is counted at all.
     metrics = Metrics() if settings.metrics_listen else None
     parts = build_policy(settings, store, watch=StageWatch(), report=report, metrics=metrics)
-    server = parts.server
     if metrics is not None:
-        metrics.watch_connections(lambda: len(server.connections))
+        metrics.watch_connections(lambda: len(parts.server.connections))
         metrics.watch_store(lambda: not store.breaker.is_open)
+    components: list[Component] = []
+    if policy:
+        components.append(PolicyComponent(parts, settings))
+    if webhook:
+        components.append(
+            WebhookComponent(build_webhook(settings, store, metrics=metrics), settings)
+        )
+    if metrics is not None:
+        components.append(MetricsComponent(metrics, store, settings))
     stopping = asyncio.Event()
-    runner: Any = None
-    metrics_server: MetricsServer | None = None
 
     def reload() -> None:
         notify("RELOADING=1")
@@ -100,31 +108,21 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
             log.error("SIGHUP: invalid settings, keeping the running ones: %s", line)
         if problems:
             return
-        parts.reconfigure(new)
-        settings = apply_reload(
-            settings,
-            new,
-            server=server if policy else None,
-            webhook=runner.app[WEBHOOK] if runner is not None else None,
-        )
+        parts.reconfigure(new)  # the decision's settings, whichever servers run
+        applied = frozenset().union(*(component.reload(new) for component in components))
+        settings = apply_reload(settings, new, applied=applied, policy=policy, webhook=webhook)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    started: list[Component] = []
     try:
-        if policy:
-            await server.start(settings.policy_listen)
-        if webhook:
-            app = build_webhook(settings, store, metrics=metrics)
-            runner = await start_webhook(app, settings.webhook_listen)
-        if metrics is not None:
-            metrics_server = MetricsServer(metrics, store, loop)
-            metrics_server.start(settings.metrics_listen)
+        for component in components:
+            await component.start()
+            started.append(component)
     except OSError as error:
         print(f"smtp-whitelist: {error.strerror or error}", file=sys.stderr)
-        await server.stop(grace=0)
-        if runner is not None:
-            await runner.cleanup()
+        await asyncio.gather(*(component.stop(grace=0) for component in started))
         await store.aclose()
         return EXIT_FAILED
     try:
@@ -142,13 +140,10 @@ async def serve(settings: Settings, env_file: Path | None, *, policy: bool, webh
     await stopping.wait()
     notify("STOPPING=1")
     log.info("SIGTERM: stop accepting, answering what is in flight")
-    # Both drain at once: one after the other, their graces would add up past SIGTERM's 5 s.
-    await asyncio.gather(
-        server.stop(grace=SHUTDOWN_GRACE),
-        runner.cleanup() if runner is not None else asyncio.sleep(0),
-        asyncio.to_thread(metrics_server.stop) if metrics_server else asyncio.sleep(0),
-    )
-    parts.decider.flush()
+    # All drain at once: one after the other, their graces would add up past SIGTERM's 5 s.
+    await asyncio.gather(*(component.stop(grace=SHUTDOWN_GRACE) for component in components))
+    if not policy:
+        parts.decider.flush()  # as the policy component does when it stops
     await store.aclose()
     log.info("stopped")
     return EXIT_OK
