@@ -28,8 +28,8 @@ import redis
 
 from ratelimit.limiter import LimitConfig, Limiter
 from ratelimit.limits import Limit
-from ratelimit.settings import Settings
 from ratelimit.store import Store, StoreUnavailable
+from smtp_whitelist.settings import Settings
 from tests.redis_ha import Cluster, RedisSet, free_ports
 
 CLIENTS = 10_000

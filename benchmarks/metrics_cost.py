@@ -20,9 +20,9 @@ from policyd.decision import PolicyDecider, Replies
 from policyd.protocol import PolicyRequest, RequestParser
 from ratelimit.limiter import LimitConfig, Limiter
 from ratelimit.metrics import Metrics
-from ratelimit.settings import Settings
 from ratelimit.store import Store
-from tests.helpers import policy_request
+from smtp_whitelist.settings import Settings
+from tests.support import policy_request
 
 
 def _request() -> PolicyRequest:

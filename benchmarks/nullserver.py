@@ -16,10 +16,10 @@ import asyncio
 import signal
 import sys
 
-from policyd.cli import run_event_loop
 from policyd.protocol import PolicyRequest
 from policyd.server import ConnectionLimits, PolicyServer
-from ratelimit.settings import parse_listen
+from ratelimit.listen import parse_listen
+from smtp_whitelist.loop import run_event_loop
 
 
 async def null_decide(request: PolicyRequest) -> str:
@@ -29,7 +29,7 @@ async def null_decide(request: PolicyRequest) -> str:
 
 async def serve(listen: str, max_connections: int) -> int:
     loop = asyncio.get_running_loop()
-    # The daemon's defaults (INTERFACE.md): MAX_CONNECTIONS, IDLE_TIMEOUT, REQUEST_TIMEOUT.
+    # The daemon's defaults (docs/interface.md): MAX_CONNECTIONS, IDLE_TIMEOUT, REQUEST_TIMEOUT.
     server = PolicyServer(null_decide, ConnectionLimits(max_connections, 600.0, 10.0))
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

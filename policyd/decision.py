@@ -1,6 +1,6 @@
 """The policy: which requests are limited, and the action each verdict becomes.
 
-The replies table of INTERFACE.md lives here. Redis is reached only through
+The replies table of docs/interface.md lives here. Redis is reached only through
 :class:`ratelimit.limiter.Limiter`; what a failed store means (``ON_STORE_ERROR``) is decided here
 and logged, once per outage rather than once per request.
 """
@@ -10,20 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
 
-from policyd.logs import fields, rfc3339
+from policyd.decision_log import log_compromised, log_summaries
+from policyd.logs import fields
 from policyd.protocol import PolicyRequest
 from policyd.refusal_log import RefusalLog
+from policyd.replies import PASSING_ACTIONS, DecisionSettings, Replies
 from policyd.scope import LimitedScope
+from policyd.stage_watch import StageObserver, StageReport
+from policyd.store_outage import StoreOutage, decision_fields
 from ratelimit.addresses import IPAddress, parse_ip
-from ratelimit.limiter import Counted, Limiter, Outcome, Verdict
+from ratelimit.limiter import Counted, Limited, Limiter, Verdict
 from ratelimit.limits import Limit, format_window
 from ratelimit.metrics import Metrics
-from ratelimit.settings import Settings
-from ratelimit.store import StoreError, StoreUnavailable
+from ratelimit.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,66 +32,12 @@ DUNNO = "DUNNO"
 # restrictions run for the first BDAT command, so BDAT is counted as a message too.
 COUNTED_STATES = frozenset({"DATA", "BDAT"})
 CHECKED_STATES = frozenset({"RCPT"})
-# While the store keeps failing, repeat the warning at most this often (with a count).
-STORE_WARNING_INTERVAL = 60.0
 # client_address texts remembered with their parsed address (ipaddress parsing costs a few µs
 # per request); when this many are held the memo starts again from empty.
 MAX_REMEMBERED_ADDRESSES = 16_384
 # The `result` label of requests that no limit was asked about, and of those Redis failed.
 NOT_COUNTED = "not_counted"
 STORE_ERROR = "store_error"
-
-
-@dataclass(frozen=True, slots=True)
-class Replies:
-    """LIMIT_REPLY, TOO_BIG_REPLY, ON_STORE_ERROR and MODE; replaced whole on SIGHUP."""
-
-    limit_reply: str
-    on_store_error: str
-    too_big_reply: str = ""
-    monitor: bool = False
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Replies:
-        # {page} is known at start-up (PAGE_URL, validated free of braces); filling it in here
-        # leaves only {ip}, {limit} and {window} for each decision.
-        return cls(
-            settings.limit_reply.replace("{page}", settings.page_url),
-            settings.on_store_error,
-            settings.too_big_reply.replace("{page}", settings.page_url),
-            settings.mode == "monitor",
-        )
-
-    def sent(self, action: str) -> str:
-        """What Postfix is told: in monitor mode a refusal becomes WARN with its text."""
-        if self.monitor and action.upper() not in PASSING_ACTIONS:
-            # access(5): "WARN optional text..." logs a warning and lets the mail through.
-            return f"WARN {action}"
-        return action
-
-
-# Actions that let mail through; everything else is a refusal that monitor mode turns into WARN.
-PASSING_ACTIONS = frozenset({"DUNNO", "OK"})
-
-
-class StageObserver(Protocol):
-    """Something that wants to see every request's stage (the misconfiguration watch)."""
-
-    def observe(
-        self,
-        stage: str,
-        now: float,
-        *,
-        refused: bool = False,
-        client: str = "",
-        instance: str = "",
-    ) -> str | None:
-        """A warning to log, or None. ``refused``: this request got a limit reply."""
-
-
-# Called once with the watch's warning, and once with None at the first DATA request after a
-# start (so a note in Redis that `check` reads is written and cleared); runs in the background.
-StageReport = Callable[[str | None], Awaitable[None]]
 
 
 class PolicyDecider:
@@ -114,9 +60,7 @@ class PolicyDecider:
         self.scope = scope or LimitedScope(())
         self.report = report
         self.refusals = RefusalLog()
-        self._store_failing_since: float | None = None
-        self._store_failures = 0
-        self._store_warned_at = 0.0
+        self.outage = StoreOutage()
         self._addresses: dict[str, IPAddress | None] = {}
         self._data_confirmed = False
         self._reports: set[asyncio.Task[None]] = set()
@@ -125,7 +69,7 @@ class PolicyDecider:
     def from_settings(
         cls,
         limiter: Limiter,
-        settings: Settings,
+        settings: DecisionSettings,
         watch: StageObserver | None = None,
         report: StageReport | None = None,
         metrics: Metrics | None = None,
@@ -140,7 +84,7 @@ class PolicyDecider:
             report=report,
         )
 
-    def reconfigure(self, settings: Settings) -> None:
+    def reconfigure(self, settings: DecisionSettings) -> None:
         """SIGHUP: new replies, mode and scope from the next request on."""
         self.replies = Replies.from_settings(settings)
         self.scope = LimitedScope(settings.limited_networks)
@@ -168,25 +112,12 @@ class PolicyDecider:
             elif state in COUNTED_STATES and not self._data_confirmed:
                 self._data_confirmed = True
                 self._send_report(None)
-        self._log_summaries()
+        log_summaries(self.refusals)
         return action
-
-    def _log_summaries(self, *, everything: bool = False) -> None:
-        """Summary lines of refusals that were counted, not logged (see refusal_log)."""
-        for summary in self.refusals.due(time.time(), everything=everything):
-            log.info(
-                "refused network=%s %d more time(s) by limit %s since %s (first refusal logged"
-                " then)",
-                summary.client,
-                summary.suppressed,
-                summary.limit,
-                rfc3339(summary.since),
-                extra=fields(client=summary.client, limit=summary.limit),
-            )
 
     def flush(self) -> None:
         """At stop: the summaries still pending, so no count is lost from the log."""
-        self._log_summaries(everything=True)
+        log_summaries(self.refusals, everything=True)
 
     def _send_report(self, warning: str | None) -> None:
         if self.report is None:
@@ -248,14 +179,16 @@ class PolicyDecider:
             else:
                 verdict = await self.limiter.check(address)
         except StoreUnavailable as error:
-            return self._store_failed(str(address), state, request, error), STORE_ERROR
-        self._store_ok()
-        if verdict.outcome is not Outcome.LIMITED and not log.isEnabledFor(logging.DEBUG):
+            return self.outage.failed(
+                str(address), state, request, error, self.replies
+            ), STORE_ERROR
+        self.outage.ok()
+        if not isinstance(verdict, Limited) and not log.isEnabledFor(logging.DEBUG):
             return DUNNO, verdict.outcome.value  # the common case: no address text, no log line
         return self._reply(str(address), state, request, verdict), verdict.outcome.value
 
     def _reply(self, ip: str, state: str, request: PolicyRequest, verdict: Verdict) -> str:
-        if verdict.outcome is not Outcome.LIMITED:
+        if not isinstance(verdict, Limited):
             if log.isEnabledFor(logging.DEBUG):
                 recipients = (
                     f" recipients={request.recipient_count}" if state in COUNTED_STATES else ""
@@ -269,11 +202,9 @@ class PolicyDecider:
                     recipients,
                     request.get("queue_id"),
                     request.get("instance"),
-                    extra=_fields(ip, state, request, action=DUNNO),
+                    extra=decision_fields(ip, state, request, action=DUNNO),
                 )
             return DUNNO
-        assert verdict.limit is not None
-        assert verdict.counted is not None
         limit, counted = verdict.limit, verdict.counted
         replies = self.replies
         too_big = self._too_big(state, request) if replies.too_big_reply else None
@@ -290,11 +221,11 @@ class PolicyDecider:
         verb = "would limit (MODE=monitor)" if replies.monitor else "limited"
         if verdict.compromised:
             # Independent of which refusals get a line of their own: decide.lua says when.
-            self._compromised(ip, request, verdict)
+            log_compromised(ip, request, verdict, self.metrics)
         if too_big is not None:
             # What this limit had counted is unknown (the script stopped at the first limit it
             # found reached) and beside the point: the message alone is too big.
-            extra = _fields(ip, state, request, action=action, limit=limit_text, used=None)
+            extra = decision_fields(ip, state, request, action=action, limit=limit_text, used=None)
             log.info(
                 "%s client=%s network=%s stage=%s limit=%s: one message with %d recipients"
                 " exceeds the limit by itself and can never pass; answered %s sender=%s"
@@ -314,7 +245,9 @@ class PolicyDecider:
             return action
         if not self.refusals.refused(verdict.network, limit_text, limit.window, time.time()):
             return action  # counted, and summarised when the limit's window has passed
-        extra = _fields(ip, state, request, action=action, limit=limit_text, used=verdict.used)
+        extra = decision_fields(
+            ip, state, request, action=action, limit=limit_text, used=verdict.used
+        )
         recipients = f" recipients={request.recipient_count}" if state in COUNTED_STATES else ""
         log.info(
             "%s client=%s network=%s stage=%s limit=%s used=%d%s sender=%s queue_id=%s"
@@ -334,29 +267,6 @@ class PolicyDecider:
         )
         return action
 
-    def _compromised(self, ip: str, request: PolicyRequest, verdict: Verdict) -> None:
-        """Once per client per hour across every daemon sharing the Redis (decide.lua says when)."""
-        limit = f"{verdict.limit} {verdict.counted.value if verdict.counted else ''}".strip()
-        log.warning(
-            "likely compromised client=%s refusals=%d within the hour (OFFENDER_THRESHOLD) limit=%s"
-            " sender=%s network=%s queue_id=%s",
-            ip,
-            verdict.compromised,
-            limit,
-            request.get("sender")[:256],
-            verdict.network,
-            request.get("queue_id"),
-            extra=fields(
-                client=ip,
-                limit=limit,
-                queue_id=request.get("queue_id"),
-                instance=request.get("instance"),
-                sender=request.get("sender")[:256],
-            ),
-        )
-        if self.metrics is not None:
-            self.metrics.likely_compromised.inc()
-
     def _too_big(self, state: str, request: PolicyRequest) -> Limit | None:
         """The smallest recipient limit this message exceeds on its own (DATA only), if any."""
         if state not in COUNTED_STATES:
@@ -365,58 +275,16 @@ class PolicyDecider:
         over = [lim for lim in self.limiter.config.recipient_limits if recipients > lim.count]
         return min(over, key=lambda lim: lim.count) if over else None
 
-    def _store_failed(
-        self, ip: str, state: str, request: PolicyRequest, error: StoreUnavailable
-    ) -> str:
-        now = time.monotonic()
-        configured = self.replies.on_store_error
-        action = self.replies.sent(configured)
-        self._store_failures += 1
-        if (
-            self._store_failing_since is None
-            or now - self._store_warned_at >= STORE_WARNING_INTERVAL
-        ):
-            mode = "fail-open" if action.upper() in PASSING_ACTIONS else "fail-closed"
-            if action != configured:
-                mode = "fail-open: MODE=monitor"
-            log.warning(
-                "store %s (%s): answering ON_STORE_ERROR=%s (%s); %d request(s) so far"
-                " in this outage; latest client=%s stage=%s queue_id=%s",
-                "error" if isinstance(error, StoreError) else "unavailable",
-                error,
-                configured,
-                mode,
-                self._store_failures,
-                ip,
-                state,
-                request.get("queue_id"),
-                extra=_fields(ip, state, request, action=action),
-            )
-            self._store_warned_at = now
-            if self._store_failing_since is None:
-                self._store_failing_since = now
-        return action
 
-    def _store_ok(self) -> None:
-        if self._store_failing_since is not None:
-            log.warning(
-                "store available again after %.1fs and %d failed request(s); limits apply",
-                time.monotonic() - self._store_failing_since,
-                self._store_failures,
-            )
-            self._store_failing_since = None
-            self._store_failures = 0
-
-
-def _fields(
-    ip: str, state: str, request: PolicyRequest, **more: str | int | None
-) -> dict[str, dict[str, str | int | None]]:
-    """The structured fields of a decision line (LOG_FORMAT=json)."""
-    return fields(
-        client=ip,
-        stage=state,
-        queue_id=request.get("queue_id"),
-        instance=request.get("instance"),
-        sender=request.get("sender")[:256],
-        **more,
-    )
+# Importers name these as the decision's: the replies and the settings it reads.
+__all__ = [
+    "COUNTED_STATES",
+    "DUNNO",
+    "PASSING_ACTIONS",
+    "DecisionSettings",
+    "PolicyDecider",
+    "Replies",
+    "StageObserver",
+    "StageReport",
+    "decision_fields",
+]

@@ -26,8 +26,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from ratelimit.listen import ListenAddress
 from ratelimit.metrics import Metrics
-from ratelimit.settings import ListenAddress
 from ratelimit.store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# SMTPD_POLICY_README sets no sizes; these are ours (INTERFACE.md). Postfix's own attributes are
+# SMTPD_POLICY_README sets no sizes; these are ours (docs/interface.md). Postfix's attributes are
 # short (a sender address is at most a few hundred bytes; line_length_limit is 2048 by default),
 # so a longer line, request or attribute count means a broken or hostile client, not mail.
 MAX_LINE_BYTES = 4 * 1024  # one "name=value" line, without its newline

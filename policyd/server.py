@@ -13,14 +13,12 @@ import logging
 import os
 import socket
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
 
-from policyd.protocol import PolicyRequest, ProtocolError, RequestParser, encode_reply
-from ratelimit.settings import ListenAddress
-from ratelimit.unix_socket import remove_stale_socket
+from policyd.connection import PolicyConnection
+from policyd.protocol import PolicyRequest
+from ratelimit.listen import ListenAddress, bind_listeners
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +27,6 @@ Decide = Callable[[PolicyRequest], Awaitable[str]]
 # Postfix opens one connection per smtpd process; hundreds may connect at once after a reload,
 # and the kernel's default backlog (often 128) would make some wait for a SYN retry.
 LISTEN_BACKLOG = 1024
-# Requests read ahead on one connection before we stop reading from it. Postfix sends one
-# request and waits for the answer, so more than a few queued means a client that does not.
-MAX_QUEUED_REQUESTS = 8
-# Unsent reply bytes on one connection before we stop reading from it (a peer that does not
-# read its answers must not make us buffer without bound).
-WRITE_BUFFER_HIGH = 64 * 1024
 # Refused connections are logged at most this often, with a count, so a flood does not become a
 # flood of log lines as well.
 REFUSAL_LOG_INTERVAL = 10.0
@@ -44,164 +36,11 @@ UNIX_SOCKET_MODE = 0o660
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
-    """MAX_CONNECTIONS, IDLE_TIMEOUT and REQUEST_TIMEOUT (INTERFACE.md)."""
+    """MAX_CONNECTIONS, IDLE_TIMEOUT and REQUEST_TIMEOUT (docs/interface.md)."""
 
     max_connections: int
     idle_timeout: float
     request_timeout: float
-
-
-class PolicyConnection(asyncio.Protocol):
-    """One client connection: reads requests, answers each in order."""
-
-    def __init__(self, server: PolicyServer) -> None:
-        self.server = server
-        self.parser = RequestParser()
-        self.queue: deque[PolicyRequest] = deque()
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        self.worker: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.timing_request = False  # the timer is REQUEST_TIMEOUT's, armed at a first byte
-        self.reading_paused = False
-        self.writing_paused = False
-        self.closing = False
-
-    # -- asyncio callbacks -------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
-        self.transport = transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
-        if not self.server.admit(self):
-            self.closing = True
-            transport.abort()
-            return
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        self._arm_timer()
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        try:
-            requests = self.parser.feed(data)
-        except ProtocolError as error:
-            # SMTPD_POLICY_README: in trouble, send no reply, log, and disconnect.
-            log.warning("malformed policy request from %s: %s; closing", self.peer, error)
-            self._close(abort=True)
-            return
-        if requests:
-            self.queue.extend(requests)
-            if self.worker is None:
-                self.worker = asyncio.get_running_loop().create_task(self._answer())
-            if len(self.queue) >= MAX_QUEUED_REQUESTS:
-                self._pause_reading()
-        # REQUEST_TIMEOUT runs from a request's first byte: more bytes of the same request must
-        # not restart it, or a client trickling one byte at a time would never time out.
-        if requests or not self.timing_request:
-            self._arm_timer()
-
-    def eof_received(self) -> bool:
-        # Half-close: answer what was asked, then close (return False closes after writes).
-        if self.worker is None:
-            return False
-        self.closing = True
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.worker is not None:
-            self.worker.cancel()
-        self.server.forget(self)
-
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-        self._pause_reading()
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        self._resume_reading()
-
-    # -- work ---------------------------------------------------------------------------------
-
-    async def _answer(self) -> None:
-        decide = self.server.decide
-        try:
-            while self.queue:
-                request = self.queue.popleft()
-                if len(self.queue) < MAX_QUEUED_REQUESTS // 2:
-                    self._resume_reading()
-                try:
-                    action = await decide(request)
-                except Exception:
-                    # A bug, not a protocol or store problem: no reply (Postfix retries and
-                    # then applies its default action), and the traceback goes to the log only.
-                    log.exception("policy decision failed for %s; closing", self.peer)
-                    self._close(abort=True)
-                    return
-                if self.transport is None or self.transport.is_closing():
-                    return
-                self.transport.write(encode_reply(action))
-        finally:
-            self.worker = None
-        if self.closing or self.server.draining:
-            self._close(abort=False)
-        else:
-            self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        """One timer: REQUEST_TIMEOUT while a request is arriving, IDLE_TIMEOUT between them."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.timing_request = False
-        if self.worker is not None or self.closing:
-            return  # a decision is in flight: its own timeout (STORE_TIMEOUT) bounds it
-        limits = self.server.limits
-        if self.parser.pending:
-            delay, why = limits.request_timeout, "request not completed"
-            self.timing_request = True
-        else:
-            delay, why = limits.idle_timeout, "idle"
-        self.timer = asyncio.get_running_loop().call_later(delay, self._expire, why, delay)
-
-    def _expire(self, why: str, delay: float) -> None:
-        self.timer = None
-        self.timing_request = False
-        if why == "idle":
-            log.debug("closing idle policy connection from %s after %.0fs", self.peer, delay)
-        else:
-            log.warning("policy client %s: %s within %.0fs; closing", self.peer, why, delay)
-        self._close(abort=True)
-
-    def _pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None:
-            self.reading_paused = True
-            self.transport.pause_reading()
-
-    def _resume_reading(self) -> None:
-        if self.reading_paused and not self.writing_paused and self.transport is not None:
-            self.reading_paused = False
-            self.transport.resume_reading()
-
-    def _close(self, *, abort: bool) -> None:
-        self.closing = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.transport is not None and not self.transport.is_closing():
-            if abort:
-                self.transport.abort()
-            else:
-                self.transport.close()
-
-    def shutdown(self) -> None:
-        """Server stopping: close now if nothing is in flight, else after the answers."""
-        if self.worker is None:
-            self._close(abort=False)
 
 
 class PolicyServer:
@@ -248,29 +87,22 @@ class PolicyServer:
     async def start(self, addresses: Sequence[ListenAddress]) -> None:
         """Bind every address (raise OSError naming the one that failed)."""
         loop = asyncio.get_running_loop()
+        sockets = bind_listeners(addresses, unix_mode=UNIX_SOCKET_MODE)
+        try:
+            for sock in sockets:
+                if sock.family == socket.AF_UNIX:
+                    self.unix_paths.append(sock.getsockname())
+                self.listeners.append(
+                    await loop.create_server(
+                        lambda: PolicyConnection(self), sock=sock, backlog=LISTEN_BACKLOG
+                    )
+                )
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            await self.stop(grace=0)
+            raise
         for address in addresses:
-            try:
-                if address.path is not None:
-                    remove_stale_socket(address.path)
-                    server = await loop.create_unix_server(
-                        lambda: PolicyConnection(self), address.path, backlog=LISTEN_BACKLOG
-                    )
-                    os.chmod(address.path, UNIX_SOCKET_MODE)
-                    self.unix_paths.append(address.path)
-                else:
-                    server = await loop.create_server(
-                        lambda: PolicyConnection(self),
-                        address.host,
-                        address.port or 0,
-                        backlog=LISTEN_BACKLOG,
-                        reuse_address=True,
-                    )
-            except OSError as error:
-                await self.stop(grace=0)
-                raise OSError(
-                    error.errno, f"cannot listen on {address}: {error.strerror}"
-                ) from None
-            self.listeners.append(server)
             log.info("policy server listening on %s", address)
 
     @property

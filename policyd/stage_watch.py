@@ -23,6 +23,8 @@ retrying all night must not look like a misconfiguration.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +144,23 @@ class StageWatch:
                 f" {self.recipient_limit}, and no DATA request came"
             )
         return None
+
+
+class StageObserver(Protocol):
+    """Something that wants to see every request's stage (the misconfiguration watch)."""
+
+    def observe(
+        self,
+        stage: str,
+        now: float,
+        *,
+        refused: bool = False,
+        client: str = "",
+        instance: str = "",
+    ) -> str | None:
+        """A warning to log, or None. ``refused``: this request got a limit reply."""
+
+
+# Called once with the watch's warning, and once with None at the first DATA request after a
+# start (so a note in Redis that `check` reads is written and cleared); runs in the background.
+StageReport = Callable[[str | None], Awaitable[None]]

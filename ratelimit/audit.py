@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from ratelimit.store import Store
 
@@ -88,11 +88,7 @@ class AuditTrail:
         self, *, ip: str | None = None, user: str | None = None, last: int = 20
     ) -> list[AuditEntry]:
         """The ``last`` newest entries that match, returned oldest first (as a log reads)."""
-        client, keys = self.store.client, self.store.keys
-
-        async def read_chunk(key: bytes, upper: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
-            reply = await client.xrevrange(key, max=upper, min="-", count=READ_CHUNK)
-            return cast(list[tuple[bytes, dict[bytes, bytes]]], reply)
+        keys = self.store.keys
 
         async def newest(key: bytes) -> list[tuple[tuple[int, int], AuditEntry]]:
             """The ``last`` newest matching entries of one stream, with their ids' order."""
@@ -101,7 +97,9 @@ class AuditTrail:
             while len(found) < last:
                 # One bounded call per chunk: a rare user's entries may lie behind the whole
                 # stream, and reading all of it under one STORE_TIMEOUT could time out.
-                chunk = await self.store.call(functools.partial(read_chunk, key, upper))
+                chunk = await self.store.call(
+                    functools.partial(self.store.xrevrange, key, upper, READ_CHUNK)
+                )
                 if not chunk:
                     break
                 for entry_id, fields in chunk:

@@ -13,6 +13,10 @@ import re
 
 from ratelimit.addresses import IPAddress
 
+# The longest grant, by WHITELIST_TTL or `add --ttl`: a week covers any operator's override,
+# and a longer one is a typo (and beyond what Redis takes as an expiry in ms, an error).
+MAX_WHITELIST_TTL = 7 * 86400
+
 # Campus account names are short; 64 characters of this alphabet also cover an e-mail address
 # used as a login. The name becomes part of a Redis key (``u:<user>``) and of log lines, and the
 # OpenAPI ``Grant.user`` pattern promises it: nothing else (no ``:``, no space) may get in.

@@ -18,12 +18,11 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from ratelimit.addresses import IPAddress, client_network
 from ratelimit.audit import AUDIT_MAX_ENTRIES
-from ratelimit.grant_rules import check_grantable
-from ratelimit.settings import MAX_WHITELIST_TTL, Settings
+from ratelimit.grant_rules import MAX_WHITELIST_TTL, check_grantable
 from ratelimit.store import Script, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -91,10 +90,21 @@ def _decode(ip: str, raw: bytes | str, pttl_ms: int) -> Grant:
     )
 
 
+class GrantSettings(Protocol):
+    """What grants read of the settings (the app's Settings satisfies it; never imported)."""
+
+    @property
+    def whitelist_ttl(self) -> int: ...
+    @property
+    def ipv4_prefix(self) -> int: ...
+    @property
+    def ipv6_prefix(self) -> int: ...
+
+
 class Grants:
     """Grant, read, list and end grants. Every call is one bounded Redis round trip (list: SCAN)."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: GrantSettings) -> None:
         self.store = store
         self.default_ttl = settings.whitelist_ttl
         self.ipv4_prefix = settings.ipv4_prefix
@@ -110,7 +120,7 @@ class Grants:
         have expired (it counts against that user's cap meanwhile), so a warning is enough."""
         key = self.store.keys.user_grants(user)
         try:
-            await self.store.call(lambda: self.store.client.zrem(key, ip))
+            await self.store.zrem(key, ip)
         except StoreUnavailable as error:
             log.warning("could not unlink %s from %s's grants (%s)", ip, user, error)
 
@@ -183,7 +193,7 @@ class Grants:
             # One round trip, not a transaction: a grant that ends between the two reads has a
             # negative PTTL and counts as gone. (redis-py 8.1's cluster client breaks its
             # connections after a transaction pipeline, so none is used.)
-            pipe = self.store.client.pipeline(transaction=False)
+            pipe = self.store.pipeline(transaction=False)
             pipe.get(key)
             pipe.pttl(key)
             return list(await pipe.execute())
@@ -212,7 +222,7 @@ class Grants:
             names = await self.store.scan_keys(keys.grant_pattern, SCAN_COUNT)
             if not names:
                 return []
-            pipe = self.store.client.pipeline(transaction=False)
+            pipe = self.store.pipeline(transaction=False)
             for name in names:
                 pipe.get(name)
                 pipe.pttl(name)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 from ratelimit.addresses import IPAddress, IPNetwork, client_network, in_networks
 from ratelimit.limits import Limit
-from ratelimit.settings import Settings
 from ratelimit.store import Script, Store
 
 # Postfix's recipient_count is at most smtpd_recipient_limit (1000 by default); anything far
@@ -35,6 +35,24 @@ class Outcome(enum.Enum):
     LIMITED = "limited"  # a limit is reached: refuse, nothing counted
 
 
+class Decided(enum.IntEnum):
+    """decide.lua's first reply element: what the script decided (see its header)."""
+
+    ACCEPTED = 0
+    WHITELISTED = 1
+    MESSAGE_LIMIT = 2  # the reply's index is a MESSAGE_LIMITS entry (1-based)
+    RECIPIENT_LIMIT = 3  # ... a RECIPIENT_LIMITS entry
+    USAGE = 4  # "usage" mode: the counts follow
+
+
+class Mode(enum.Enum):
+    """decide.lua's ARGV[1]."""
+
+    COUNT = "count"  # DATA: check and record
+    CHECK = "check"  # RCPT: message limits only, nothing recorded
+    USAGE = "usage"  # `show`: every limit's count, nothing decided
+
+
 class Counted(enum.Enum):
     """What a limit counts."""
 
@@ -43,17 +61,49 @@ class Counted(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
-    """A decision, with what an operator's log line needs."""
+class Passed:
+    """Not limited: accepted (and counted, at DATA), whitelisted or exempt."""
 
-    outcome: Outcome
+    outcome: Outcome  # never LIMITED: a refusal is a Limited, with what its log line needs
     network: str
-    limit: Limit | None = None
-    counted: Counted | None = None
-    used: int = 0  # what the reached limit had counted before this message
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    """A limit is reached: refuse, nothing counted; everything the refusal's log line needs."""
+
+    network: str
+    limit: Limit
+    counted: Counted
+    used: int  # what the reached limit had counted before this message
     # The client's refusals this hour, set only on the one refusal (across every daemon sharing
     # the Redis) that brought them to OFFENDER_THRESHOLD: log it as likely compromised.
     compromised: int = 0
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.LIMITED
+
+
+# A decision: each outcome carries exactly its fields, so no reader asserts one is present.
+Verdict = Passed | Limited
+
+
+class LimitSettings(Protocol):
+    """What a decision reads of the settings (the app's Settings satisfies it; never imported)."""
+
+    @property
+    def message_limits(self) -> tuple[Limit, ...]: ...
+    @property
+    def recipient_limits(self) -> tuple[Limit, ...]: ...
+    @property
+    def ipv4_prefix(self) -> int: ...
+    @property
+    def ipv6_prefix(self) -> int: ...
+    @property
+    def exempt_networks(self) -> tuple[IPNetwork, ...]: ...
+    @property
+    def offender_threshold(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +118,7 @@ class LimitConfig:
     offender_threshold: int = 50
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LimitConfig:
+    def from_settings(cls, settings: LimitSettings) -> LimitConfig:
         return cls(
             settings.message_limits,
             settings.recipient_limits,
@@ -123,11 +173,11 @@ class Limiter:
 
     async def count_message(self, address: IPAddress, recipients: int) -> Verdict:
         """DATA: refuse if this message would exceed any limit, else count it. One round trip."""
-        return await self._decide(address, "count", recipients)
+        return await self._decide(address, Mode.COUNT, recipients)
 
     async def check(self, address: IPAddress) -> Verdict:
         """RCPT: refuse when the client is already at a message limit; counts nothing."""
-        return await self._decide(address, "check", 0)
+        return await self._decide(address, Mode.CHECK, 0)
 
     def _client(self, address: IPAddress) -> tuple[str, list[str] | None]:
         """The network ``address`` is counted under and the script's keys (None: exempt)."""
@@ -154,26 +204,26 @@ class Limiter:
             clients[address] = found
         return found
 
-    async def _decide(self, address: IPAddress, mode: str, recipients: int) -> Verdict:
+    async def _decide(self, address: IPAddress, mode: Mode, recipients: int) -> Verdict:
         config, args = self.config, self._args
         network, keys = self._client(address)
         if keys is None:
-            return Verdict(Outcome.EXEMPT, network)
+            return Passed(Outcome.EXEMPT, network)
         if not config.message_limits and not config.recipient_limits:
-            return Verdict(Outcome.ACCEPTED, network)
+            return Passed(Outcome.ACCEPTED, network)
         recipients = min(max(recipients, 0), MAX_RECIPIENTS)
-        reply = await self.store.run_script_batched(_DECIDE, keys, [mode, recipients, *args])
+        reply = await self.store.run_script_batched(_DECIDE, keys, [mode.value, recipients, *args])
         code = reply[0]
-        if code == 0:
-            return Verdict(Outcome.ACCEPTED, network)
-        if code == 1:
-            return Verdict(Outcome.WHITELISTED, network)
+        if code == Decided.ACCEPTED:
+            return Passed(Outcome.ACCEPTED, network)
+        if code == Decided.WHITELISTED:
+            return Passed(Outcome.WHITELISTED, network)
         _, index, used, compromised = reply
-        if code == 2:
+        if code == Decided.MESSAGE_LIMIT:
             limit, counted = config.message_limits[index - 1], Counted.MESSAGES
         else:
             limit, counted = config.recipient_limits[index - 1], Counted.RECIPIENTS
-        return Verdict(Outcome.LIMITED, network, limit, counted, used, compromised)
+        return Limited(network, limit, counted, used, compromised)
 
     async def usage(self, address: IPAddress) -> list[Usage]:
         """Every limit's current use for the client's network (``smtp-whitelist show``)."""
@@ -183,7 +233,7 @@ class Limiter:
         reply = await self.store.run_script(
             _DECIDE,
             [keys.client_log(network), keys.grant(str(address), network)],
-            ["usage", 0, *self._args],
+            [Mode.USAGE.value, 0, *self._args],
         )
         used = list(reply[1:])
         limits = [(Counted.MESSAGES, lim) for lim in config.message_limits]

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one process (``METRICS_LISTEN``; the families of INTERFACE.md).
+"""Prometheus metrics of one process (``METRICS_LISTEN``; the families of docs/interface.md).
 
 A :class:`Metrics` holds its own ``CollectorRegistry``, built once in ``main`` and passed in,
 so several servers in one process (the tests) never share or collide in prometheus-client's

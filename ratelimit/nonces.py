@@ -14,5 +14,4 @@ class NonceLedger:
     async def claim(self, nonce: str, ttl: int) -> bool:
         """True the first time ``nonce`` is seen within ``ttl`` seconds; False for a replay."""
         key = self.store.keys.nonce(nonce)
-        stored = await self.store.call(lambda: self.store.client.set(key, b"1", nx=True, ex=ttl))
-        return bool(stored)
+        return await self.store.set(key, b"1", nx=True, ex=ttl)

@@ -88,15 +88,13 @@ class Offenders:
 
         Counted in whole clock hours: ``--since 1h`` reads this hour and the one before it.
         """
-        client, keys = self.store.client, self.store.keys
+        store, keys = self.store, self.store.keys
 
         async def read() -> list[Offender]:
-            names = [
-                name async for name in client.scan_iter(keys.offender_pattern, count=SCAN_COUNT)
-            ]
+            names = await store.scan_keys(keys.offender_pattern, SCAN_COUNT)
             # TIME on its own: a cluster pipeline refuses it.
-            seconds, _ = await client.time()
-            pipe = client.pipeline(transaction=False)
+            seconds, _ = await store.time()
+            pipe = store.pipeline(transaction=False)
             for name in names:
                 pipe.hgetall(name)
             hashes = await pipe.execute() if names else []

@@ -59,10 +59,10 @@ async def read_log(store: Store, network: str) -> tuple[list[tuple[int, int]], i
         if store.cluster:
             # A cluster pipeline refuses TIME: the clock is read just before the log instead.
             return [
-                await store.client.time(),
-                await store.client.zrange(key, 0, -1, withscores=True),
+                await store.time(),
+                await store.zrange_scored(key),
             ]
-        pipe = store.client.pipeline(transaction=True)
+        pipe = store.pipeline()
         pipe.time()
         pipe.zrange(key, 0, -1, withscores=True)
         return list(await pipe.execute())

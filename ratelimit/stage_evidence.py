@@ -38,13 +38,13 @@ class StageEvidence:
 
     async def report(self, text: str) -> None:
         value = json.dumps({"at": time.time(), "host": socket.gethostname(), "text": text})
-        await self.store.call(lambda: self.store.client.set(self.key, value, ex=NOTE_TTL))
+        await self.store.set(self.key, value, ex=NOTE_TTL)
 
     async def clear(self) -> None:
-        await self.store.call(lambda: self.store.client.delete(self.key))
+        await self.store.delete(self.key)
 
     async def read(self) -> StageNote | None:
-        raw = await self.store.call(lambda: self.store.client.get(self.key))
+        raw = await self.store.get(self.key)
         if raw is None:
             return None
         try:

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import dns.reversename
 
-from tests.helpers import wait_for
+from tests.support import wait_for
 
 
 def free_dns_port(host: str = "127.0.0.1") -> int:

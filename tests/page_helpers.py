@@ -20,11 +20,11 @@ import redis
 from aiohttp import web
 
 from ratelimit.grants import Grants
+from ratelimit.listen import ListenAddress
 from ratelimit.metrics import Metrics
-from ratelimit.nonces import NonceLedger
-from ratelimit.settings import ListenAddress, Settings
 from ratelimit.store import Store
-from webhook.app import build_app
+from smtp_whitelist.settings import Settings
+from smtp_whitelist.wiring import build_webhook
 from webhook.page.handoff import handoff_url
 from webhook.page.views import COOKIE
 from webhook.registered_name import RegisteredNameChecker
@@ -122,14 +122,8 @@ async def running_page(
     store = Store.from_settings(settings)
     grants = Grants(store, settings)
     clock = Clock()
-    app = build_app(
-        settings,
-        grants,
-        NonceLedger(store),
-        store,
-        resolver or RegisteredNameChecker.from_settings(settings),
-        clock=clock,
-        metrics=metrics,
+    app = build_webhook(
+        settings, store, resolver=resolver, grants=grants, clock=clock, metrics=metrics
     )
     runner = await start_webhook(app, [ListenAddress(host, 0, None)])
     try:

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import free_port, wait_for
+from tests.support import free_port, wait_for
 
 RULES = Path(__file__).resolve().parent.parent / "contrib" / "prometheus" / "alerts.yml"
 

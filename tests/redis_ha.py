@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Protocol
 
-from tests.helpers import wait_for
+from tests.support import wait_for
 
 # How long a set-up may take to become ready before the test fails (measured: cluster 2.6-4.1 s,
 # sentinels 2.1-3.2 s on two cores; the margin is for a loaded CI machine).

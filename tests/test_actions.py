@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from ratelimit.actions import check_action
-from ratelimit.settings import DEFAULT_LIMIT_REPLY
-from tests.helpers import RedisServer, wait_for
-from tests.policy_helpers import (
+from smtp_whitelist.settings import DEFAULT_LIMIT_REPLY
+from tests.support import (
     PolicydProcess,
+    RedisServer,
     assert_second_message_limited,
     clean_env,
     run_cli,
+    wait_for,
 )
 
 VALID = [

@@ -13,9 +13,8 @@ import pytest
 from policyd.protocol import PolicyRequest
 from ratelimit.addresses import parse_ip
 from ratelimit.limits import parse_limits
-from ratelimit.settings import parse_listen
-from tests.helpers import RedisServer
-from tests.policy_helpers import clean_env, make_settings, policy_server, run_cli
+from ratelimit.listen import parse_listen
+from tests.support import RedisServer, clean_env, make_settings, policy_server, run_cli
 
 IP = "198.51.100.23"
 # Superscript two, circled one, Arabic-Indic 12 and 3, fullwidth 12: all str.isdigit().

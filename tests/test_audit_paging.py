@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 
 from ratelimit.audit import AUDIT_MAX_ENTRIES, AuditTrail
-from ratelimit.settings import Settings
 from ratelimit.store import KeyLayout, Store
-from tests.helpers import RedisServer
-from tests.policy_helpers import clean_env, run_cli
+from smtp_whitelist.settings import Settings
+from tests.support import RedisServer, clean_env, run_cli
 
 RARE = 3
 

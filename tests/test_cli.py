@@ -6,10 +6,7 @@ exit statuses are INTERFACE.md's (0 done, 1 failed, 2 bad usage or settings, 3 R
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,41 +14,19 @@ import pytest
 from ratelimit.addresses import parse_ip
 from ratelimit.grants import Grants
 from ratelimit.store import KeyLayout, Store
-from tests.helpers import RedisServer, free_port
-from tests.policy_helpers import (
-    SMTP_WHITELIST,
+from tests.support import (
     PolicyClient,
     PolicydProcess,
+    RedisServer,
     clean_env,
+    free_port,
     make_settings,
     policy_server,
+    run_cli_async,
 )
 
 SECRET = "portal-secret-" + "k" * 40
 IP = "198.51.100.23"
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-async def cli(*args: str, env: dict[str, str]) -> Result:
-    """Run the console script without blocking the event loop (a server may be running in it)."""
-    process = await asyncio.create_subprocess_exec(
-        SMTP_WHITELIST,
-        *args,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    async with asyncio.timeout(30):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return Result(process.returncode, out.decode(), err.decode())
 
 
 def assert_one_plain_line(stderr: str, *needles: str) -> None:
@@ -90,7 +65,7 @@ def env(redis_server: RedisServer) -> dict[str, str]:
 )
 async def test_check_with_a_bad_setting_exits_2(env: dict[str, str], name: str, value: str) -> None:
     env[f"SMTP_WHITELIST_{name}"] = value
-    result = await cli("check", env=env)
+    result = await run_cli_async("check", env=env)
     assert result.returncode == 2
     assert_one_plain_line(result.stderr, f"SMTP_WHITELIST_{name}")
     assert result.stdout == ""
@@ -99,17 +74,17 @@ async def test_check_with_a_bad_setting_exits_2(env: dict[str, str], name: str, 
 async def test_check_with_a_bad_env_file_exits_2(env: dict[str, str], tmp_path: Path) -> None:
     env_file = tmp_path / "site.env"
     env_file.write_text("SMTP_WHITELIST_IPV6_PREFIX=129\n")
-    result = await cli("--env-file", str(env_file), "check", env=env)
+    result = await run_cli_async("--env-file", str(env_file), "check", env=env)
     assert result.returncode == 2
     assert_one_plain_line(result.stderr, "SMTP_WHITELIST_IPV6_PREFIX")
-    missing = await cli("--env-file", str(tmp_path / "nope.env"), "check", env=env)
+    missing = await run_cli_async("--env-file", str(tmp_path / "nope.env"), "check", env=env)
     assert missing.returncode == 2
     assert_one_plain_line(missing.stderr, "nope.env")
 
 
 async def test_check_with_redis_down_exits_3(env: dict[str, str]) -> None:
     env["SMTP_WHITELIST_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
-    result = await cli("check", env=env)
+    result = await run_cli_async("check", env=env)
     assert result.returncode == 3
     assert_one_plain_line(result.stderr, "Redis unreachable")
 
@@ -119,7 +94,7 @@ async def test_check_with_redis_up_exits_0_and_masks_the_secret(
 ) -> None:
     env_file = tmp_path / "site.env"
     env_file.write_text("SMTP_WHITELIST_EXEMPT_NETWORKS=192.0.2.0/24\n")
-    result = await cli("--env-file", str(env_file), "check", env=env)
+    result = await run_cli_async("--env-file", str(env_file), "check", env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert f"env file: {env_file}" in lines
@@ -132,7 +107,7 @@ async def test_check_with_redis_up_exits_0_and_masks_the_secret(
 
 async def test_bad_usage_exits_2(env: dict[str, str]) -> None:
     for args in (["frobnicate"], ["add"], ["add", IP, "--ttl", "0"], ["query", IP, "--x"]):
-        result = await cli(*args, env=env)
+        result = await run_cli_async(*args, env=env)
         assert result.returncode == 2, args
         assert "Traceback" not in result.stderr
 
@@ -142,32 +117,32 @@ async def test_bad_usage_exits_2(env: dict[str, str]) -> None:
 
 @pytest.mark.parametrize("command", ["add", "remove", "show", "query"])
 async def test_bad_ip_exits_2(env: dict[str, str], command: str) -> None:
-    result = await cli(command, "198.51.100.300", env=env)
+    result = await run_cli_async(command, "198.51.100.300", env=env)
     assert result.returncode == 2
     assert_one_plain_line(result.stderr, "'198.51.100.300' is not an IP address")
 
 
 async def test_add_list_show_remove(env: dict[str, str], redis_server: RedisServer) -> None:
-    added = await cli("add", IP, "--user", "alice", "--ttl", "120", env=env)
+    added = await run_cli_async("add", IP, "--user", "alice", "--ttl", "120", env=env)
     assert added.returncode == 0, added.stderr
     assert added.stdout.startswith(f"granted {IP} for alice until ")
-    again = await cli("add", IP, "--user", "alice", env=env)
+    again = await run_cli_async("add", IP, "--user", "alice", env=env)
     assert again.returncode == 0
     assert again.stdout.startswith(f"refreshed {IP} for alice")
-    assert (await cli("add", "2001:DB8::0:7", "--user", "bob", env=env)).returncode == 0
+    assert (await run_cli_async("add", "2001:DB8::0:7", "--user", "bob", env=env)).returncode == 0
 
-    listed = await cli("list", "--json", env=env)
+    listed = await run_cli_async("list", "--json", env=env)
     assert listed.returncode == 0
     items = json.loads(listed.stdout)["items"]
     assert {(i["ip"], i["user"]) for i in items} == {(IP, "alice"), ("2001:db8::7", "bob")}
     mine = next(i for i in items if i["ip"] == IP)
     assert 590 <= mine["ttl"] <= 600, "a refresh without --ttl gives the full WHITELIST_TTL"
     assert mine["expires_at"].endswith("Z")
-    text = await cli("list", env=env)
+    text = await run_cli_async("list", env=env)
     assert IP in text.stdout
     assert "alice" in text.stdout
 
-    shown = await cli("show", IP, "--json", env=env)
+    shown = await run_cli_async("show", IP, "--json", env=env)
     assert shown.returncode == 0
     data = json.loads(shown.stdout)
     assert data["ip"] == IP
@@ -179,16 +154,16 @@ async def test_add_list_show_remove(env: dict[str, str], redis_server: RedisServ
         {"counts": "recipients", "limit": "10/1h", "used": 0},
     ]
 
-    removed = await cli("remove", IP, env=env)
+    removed = await run_cli_async("remove", IP, env=env)
     assert removed.returncode == 0
     assert removed.stdout.strip() == f"removed the grant of {IP} (user alice)"
-    gone = await cli("remove", IP, env=env)
+    gone = await run_cli_async("remove", IP, env=env)
     assert gone.returncode == 1
     assert_one_plain_line(gone.stderr, f"no grant for {IP}")
-    shown = await cli("show", IP, "--json", env=env)
+    shown = await run_cli_async("show", IP, "--json", env=env)
     assert json.loads(shown.stdout)["grant"] is None
 
-    audit = await cli("audit", "--ip", IP, "--json", env=env)
+    audit = await run_cli_async("audit", "--ip", IP, "--json", env=env)
     assert audit.returncode == 0
     events = [(e["event"], e["source"]) for e in json.loads(audit.stdout)["items"]]
     assert events == [("grant", "cli"), ("refresh", "cli"), ("remove", "cli")]
@@ -196,22 +171,24 @@ async def test_add_list_show_remove(env: dict[str, str], redis_server: RedisServ
 
 async def test_add_unconfirmed_by_replicas_exits_1(env: dict[str, str]) -> None:
     # GRANT_MIN_REPLICAS=1 and a Redis without a replica: WAIT confirms nobody.
-    added = await cli("add", "192.0.2.44", env={**env, "SMTP_WHITELIST_GRANT_MIN_REPLICAS": "1"})
+    added = await run_cli_async(
+        "add", "192.0.2.44", env={**env, "SMTP_WHITELIST_GRANT_MIN_REPLICAS": "1"}
+    )
     assert added.returncode == 1
     assert_one_plain_line(added.stderr, "may not have been kept", "0 of 1 replicas")
 
 
 async def test_list_when_empty(env: dict[str, str]) -> None:
-    result = await cli("list", "--json", env=env)
+    result = await run_cli_async("list", "--json", env=env)
     assert result.returncode == 0
     assert json.loads(result.stdout) == {"items": []}
-    assert (await cli("list", env=env)).stdout.strip() == "no live grants"
+    assert (await run_cli_async("list", env=env)).stdout.strip() == "no live grants"
 
 
 async def test_operator_tools_with_redis_down_exit_3(env: dict[str, str]) -> None:
     env["SMTP_WHITELIST_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
     for args in (["add", IP], ["remove", IP], ["list"], ["show", IP]):
-        result = await cli(*args, env=env)
+        result = await run_cli_async(*args, env=env)
         assert result.returncode == 3, (args, result.stderr)
         assert_one_plain_line(result.stderr, "Redis unreachable")
 
@@ -228,7 +205,7 @@ async def test_add_writes_the_key_the_policy_server_honours(
         assert await client.ask(protocol_state="DATA", client_address=IP) == "DUNNO"
         assert await client.ask(protocol_state="DATA", client_address=IP) != "DUNNO"
 
-        result = await cli("add", IP, "--user", "carol", "--ttl", "300", env=env)
+        result = await run_cli_async("add", IP, "--user", "carol", "--ttl", "300", env=env)
         assert result.returncode == 0, result.stderr
         grant = await Grants(running.store, settings).get(address)
         assert grant is not None
@@ -239,7 +216,7 @@ async def test_add_writes_the_key_the_policy_server_honours(
             assert await client.ask(protocol_state="DATA", client_address=IP) == "DUNNO"
         assert await running.log_size(f"{IP}/32") == 1, "whitelisted messages are not counted"
 
-        assert (await cli("remove", IP, env=env)).returncode == 0
+        assert (await run_cli_async("remove", IP, env=env)).returncode == 0
         assert await client.ask(protocol_state="DATA", client_address=IP) != "DUNNO"
         await client.aclose()
 
@@ -264,9 +241,9 @@ async def test_add_and_the_webhook_write_the_same_key(
         )
     finally:
         await store.aclose()
-    items = json.loads((await cli("list", "--json", env=env)).stdout)["items"]
+    items = json.loads((await run_cli_async("list", "--json", env=env)).stdout)["items"]
     assert [(i["ip"], i["user"]) for i in items] == [("203.0.113.5", "dave")]
-    assert (await cli("remove", "203.0.113.5", env=env)).returncode == 0
+    assert (await run_cli_async("remove", "203.0.113.5", env=env)).returncode == 0
     assert (
         redis_server.cli("EXISTS", KeyLayout("cli:").grant("203.0.113.5", "203.0.113.5/32")) == "0"
     )
@@ -286,22 +263,24 @@ async def test_query(env: dict[str, str], redis_server: RedisServer, tmp_path: P
     server = f"127.0.0.1:{daemon.port}"
     refused = f"450 4.7.1 {IP} over 1 messages per 1m"
     try:
-        first = await cli("query", IP, "--server", server, env=env)  # RCPT: checks only
+        first = await run_cli_async("query", IP, "--server", server, env=env)  # RCPT: checks only
         assert (first.returncode, first.stdout.strip()) == (0, "DUNNO")
-        counted = await cli("query", IP, "--state", "data", "--server", server, env=env)
+        counted = await run_cli_async("query", IP, "--state", "data", "--server", server, env=env)
         assert (counted.returncode, counted.stdout.strip()) == (0, "DUNNO")
         for state in ("DATA", "RCPT"):
-            limited = await cli("query", IP, "--state", state, "--server", server, env=env)
+            limited = await run_cli_async(
+                "query", IP, "--state", state, "--server", server, env=env
+            )
             assert (limited.returncode, limited.stdout.strip()) == (0, refused)
         # The default server is the first POLICY_LISTEN address.
         env["SMTP_WHITELIST_POLICY_LISTEN"] = server
-        default = await cli("query", IP, env=env)
+        default = await run_cli_async("query", IP, env=env)
         assert default.stdout.strip() == refused
         # Whitelisted by `add`: the running server answers DUNNO at once, uncounted.
-        assert (await cli("add", IP, env=env)).returncode == 0
-        lifted = await cli("query", IP, "--state", "DATA", env=env)
+        assert (await run_cli_async("add", IP, env=env)).returncode == 0
+        lifted = await run_cli_async("query", IP, "--state", "DATA", env=env)
         assert lifted.stdout.strip() == "DUNNO"
-        shown = json.loads((await cli("show", IP, "--json", env=env)).stdout)
+        shown = json.loads((await run_cli_async("show", IP, "--json", env=env)).stdout)
         # (show reads its limits from its own settings, 2/1m; the count is the daemon's one.)
         assert shown["limits"][0] == {"counts": "messages", "limit": "2/1m", "used": 1}
 
@@ -310,9 +289,9 @@ async def test_query(env: dict[str, str], redis_server: RedisServer, tmp_path: P
         await client.aclose()
     finally:
         daemon.stop()
-    nobody = await cli("query", IP, "--server", f"127.0.0.1:{free_port()}", env=env)
+    nobody = await run_cli_async("query", IP, "--server", f"127.0.0.1:{free_port()}", env=env)
     assert nobody.returncode == 1
     assert_one_plain_line(nobody.stderr, "no answer from")
-    bad = await cli("query", IP, "--server", "nowhere", env=env)
+    bad = await run_cli_async("query", IP, "--server", "nowhere", env=env)
     assert bad.returncode == 2
     assert_one_plain_line(bad.stderr, "--server")

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from ratelimit.metrics import Metrics
-from tests.conftest import require_tool
+from tests.support import require_tool
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
 RULES = CONTRIB / "prometheus" / "alerts.yml"

@@ -13,8 +13,7 @@ import pytest
 
 from policyd.decision import PolicyDecider
 from policyd.refusal_log import RefusalLog, Summary
-from tests.helpers import RedisServer
-from tests.policy_helpers import limit_reply, make_settings, policy_server
+from tests.support import RedisServer, limit_reply, make_settings, policy_server
 
 DUNNO = "DUNNO"
 CAMPUS, OUTSIDE = "10.1.2.3", "192.0.2.77"

@@ -23,9 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require_tool
-from tests.helpers import free_port, wait_for
 from tests.postfix_instance import SNIPPET, NamespaceHosts
+from tests.support import free_port, require_tool, wait_for
 from tests.test_e2e_postfix import (
     LIMIT,
     SENDER,

@@ -16,36 +16,33 @@ without its ``450 4.7.1`` and with ``{ip}``, ``{limit}``, ``{window}`` filled in
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import hmac
-import json
-import os
 import re
-import secrets
-import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
-from ratelimit.settings import DEFAULT_LIMIT_REPLY
-from tests.conftest import require_tool
-from tests.helpers import RedisServer, free_port, port_open, wait_for
+from smtp_whitelist.settings import DEFAULT_LIMIT_REPLY
 from tests.postfix_instance import (
     SNIPPET,
     NamespaceHosts,
     PostfixInstance,
     RecordingPolicyServer,
+)
+from tests.support import (
+    RedisServer,
+    Service,
+    free_port,
+    port_open,
+    require_tool,
+    signed_request,
+    wait_for,
 )
 
 pytestmark = pytest.mark.e2e
@@ -58,33 +55,20 @@ LIMIT = 3  # MESSAGE_LIMITS=3/1h unless a test says otherwise
 SMTP_TIMEOUT = 30.0
 
 
-def smtp_whitelist_command() -> list[str]:
-    """The console script beside this interpreter, else ``python -m policyd`` (the same CLI)."""
-    script = Path(sys.executable).with_name("smtp-whitelist")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "policyd"]
-
-
 # -- the product ----------------------------------------------------------------------------
 
 
-class Product:
-    """``smtp-whitelist serve`` in a subprocess: settings by environment, log to a file.
-
-    Readiness is what systemd would see: the ``READY=1`` datagram on ``NOTIFY_SOCKET``.
-    """
+class Product(Service):
+    """``smtp-whitelist serve`` with the end-to-end defaults, on free ports, ready on READY=1."""
 
     def __init__(self, directory: Path, redis_url: str, settings: dict[str, str]) -> None:
-        self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
         self.policy_port = free_port()
         self.webhook_port = free_port()
-        self.log_path = directory / "smtp-whitelist.log"
         # An empty env file keeps a machine's /etc/smtp-whitelist/smtp-whitelist.env out of it.
         self.env_file = directory / "empty.env"
         self.env_file.write_text("", encoding="utf-8")
-        self.settings = {
+        defaults = {
             "REDIS_URL": redis_url,
             "POLICY_LISTEN": f"127.0.0.1:{self.policy_port}",
             "WEBHOOK_LISTEN": f"127.0.0.1:{self.webhook_port}",
@@ -93,114 +77,17 @@ class Product:
             "RECIPIENT_LIMITS": "1000/1h",
             "ALLOWED_NETWORKS": "198.18.0.0/15",
             "LOG_LEVEL": "INFO",
-            **settings,
         }
-        self.process: subprocess.Popen[bytes] | None = None
-        self.notify: socket.socket | None = None
-        self.notified: list[bytes] = []
+        super().__init__("serve", defaults | settings, directory, env_file=self.env_file)
 
-    def environment(self) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("SMTP_WHITELIST_") and k != "NOTIFY_SOCKET"
-        }
-        env.update({f"SMTP_WHITELIST_{k}": v for k, v in self.settings.items()})
-        return env
-
-    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        """Run another ``smtp-whitelist`` command with the same settings."""
-        return subprocess.run(
-            [*smtp_whitelist_command(), "--env-file", str(self.env_file), *args],
-            env=self.environment(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def start(self) -> None:
-        # Like systemd, keep the notify socket open for the whole life of the service, so
-        # STOPPING=1 has somewhere to go.
-        self.notify = notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify_path = self.directory / f"notify-{secrets.token_hex(4)}"
-        notify.bind(str(notify_path))
-        notify.settimeout(30)
-        env = self.environment() | {"NOTIFY_SOCKET": str(notify_path)}
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [*smtp_whitelist_command(), "--env-file", str(self.env_file), "serve"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        try:
-            message = notify.recv(4096)
-        except TimeoutError:
-            raise AssertionError(f"no READY=1 within 30 s; log:\n{self.log()}") from None
-        assert message == b"READY=1", message
+    def start(self) -> Self:
+        super().start()
         assert port_open("127.0.0.1", self.policy_port), "READY=1 before the policy port"
+        return self
 
-    def stop(self) -> int | None:
-        """SIGTERM and wait; the exit status (None if it was not running)."""
-        if self.process is None:
-            return None
-        process, self.process = self.process, None
-        try:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    return process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=5)
-                    raise
-            return process.returncode
-        finally:
-            self._drain_notify()
-
-    def _drain_notify(self) -> None:
-        """Keep what the service told systemd after READY=1 (STOPPING=1 on SIGTERM)."""
-        if self.notify is None:
-            return
-        self.notify.setblocking(False)
-        with contextlib.suppress(BlockingIOError, OSError):
-            while True:
-                self.notified.append(self.notify.recv(4096))
-        self.notify.close()
-        self.notify = None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    # The webhook, signed as INTERFACE.md says.
     def webhook(self, method: str, path: str, body: dict[str, str] | None = None) -> int:
-        raw = b"" if body is None else json.dumps(body).encode()
-        timestamp = str(int(time.time()))
-        nonce = secrets.token_urlsafe(24)
-        signed = f"{timestamp}\n{nonce}\n{method}\n{path}\n".encode() + raw
-        signature = hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.webhook_port}{path}",
-            data=raw if body is not None else None,
-            method=method,
-            headers={
-                "X-Timestamp": timestamp,
-                "X-Nonce": nonce,
-                "X-Signature": f"sha256={signature}",
-                "Content-Type": "application/json",
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (http to loopback)
-                status: int = response.status
-                return status
-        except urllib.error.HTTPError as error:
-            return error.code
+        """A signed webhook request, as the portal makes it; its status."""
+        return signed_request(self.webhook_port, method, path, body, SECRET)[0]
 
 
 # -- SMTP clients ---------------------------------------------------------------------------

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit.env_file import env_file_problems
-from ratelimit.settings import DEFAULT_LIMIT_REPLY
-from tests.helpers import RedisServer
-from tests.policy_helpers import (
+from smtp_whitelist.env_file import env_file_problems
+from smtp_whitelist.settings import DEFAULT_LIMIT_REPLY
+from tests.support import (
     PolicydProcess,
+    RedisServer,
     assert_second_message_limited,
     clean_env,
     run_cli,

@@ -15,15 +15,15 @@ import pytest
 
 from ratelimit.grants import Grants
 from ratelimit.limiter import LimitConfig, Limiter, Outcome
-from ratelimit.settings import Settings
 from ratelimit.store import Store
-from tests.conftest import require_tool
-from tests.helpers import (
-    Daemon,
-    PolicyClient,
+from smtp_whitelist.settings import Settings
+from tests.support import (
+    BlockingPolicyClient,
     RedisServer,
+    Service,
     free_port,
     policy_request,
+    require_tool,
     wait_for,
 )
 
@@ -38,10 +38,10 @@ class Harness:
         self.redis = redis
         self.directory = directory
         self.port = free_port()
-        self.daemon: Daemon | None = None
-        self.clients: list[PolicyClient] = []
+        self.daemon: Service | None = None
+        self.clients: list[BlockingPolicyClient] = []
 
-    def start(self, **settings: str) -> Daemon:
+    def start(self, **settings: str) -> Service:
         """Start the daemon with these settings on top of the fault tests' defaults."""
         base = {
             "REDIS_URL": self.redis.url,
@@ -51,11 +51,11 @@ class Harness:
             "ON_STORE_ERROR": STORE_ERROR,
             "STORE_TIMEOUT": "0.5",
         }
-        self.daemon = Daemon("policyd", base | settings, self.directory / "policyd")
-        return self.daemon.start(wait_port=("127.0.0.1", self.port))
+        self.daemon = Service("policyd", base | settings, self.directory / "policyd")
+        return self.daemon.start()
 
-    def connect(self) -> PolicyClient:
-        self.clients.append(PolicyClient("127.0.0.1", self.port))
+    def connect(self) -> BlockingPolicyClient:
+        self.clients.append(BlockingPolicyClient("127.0.0.1", self.port))
         return self.clients[-1]
 
     def close(self) -> None:
@@ -72,7 +72,7 @@ def harness(redis_server: RedisServer, tmp_path: Path) -> Iterator[Harness]:
     running.close()
 
 
-def _timed(client: PolicyClient, request: bytes) -> tuple[str | None, float]:
+def _timed(client: BlockingPolicyClient, request: bytes) -> tuple[str | None, float]:
     began = time.monotonic()
     action = client.ask(request)
     return action, time.monotonic() - began

@@ -15,19 +15,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policyd.protocol import MAX_LINE_BYTES, ProtocolError, RequestParser
-from tests.conftest import require_tool
-from tests.helpers import Daemon, PolicyClient, RedisServer, free_port, policy_request
+from tests.support import (
+    BlockingPolicyClient,
+    RedisServer,
+    Service,
+    free_port,
+    policy_request,
+    require_tool,
+)
 
 REAL_REQUEST = policy_request("198.18.7.7", state="RCPT")
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, int]]:
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, int]]:
     directory: Path = tmp_path_factory.mktemp("fuzz")
     redis = RedisServer(require_tool("redis-server"), directory / "redis")
     redis.start()
     port = free_port()
-    process = Daemon(
+    process = Service(
         "policyd",
         {
             "REDIS_URL": redis.url,
@@ -36,7 +42,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, i
             "REQUEST_TIMEOUT": "2",
         },
         directory,
-    ).start(wait_port=("127.0.0.1", port))
+    ).start()
     yield process, port
     assert process.stop() == 0
     redis.stop()
@@ -127,10 +133,10 @@ def mutated_requests(draw: st.DrawFn) -> bytes:
     )
 )
 def test_random_input_is_answered_or_dropped_and_others_are_served(
-    daemon: tuple[Daemon, int], data: bytes
+    daemon: tuple[Service, int], data: bytes
 ) -> None:
     process, port = daemon
-    observer = PolicyClient("127.0.0.1", port)
+    observer = BlockingPolicyClient("127.0.0.1", port)
     try:
         complete, malformed = _expected(data)
         replies, _ = _exchange(port, data, complete)
@@ -145,7 +151,7 @@ def test_random_input_is_answered_or_dropped_and_others_are_served(
     assert process.process.poll() is None
 
 
-def test_malformed_request_gets_no_reply_at_all(daemon: tuple[Daemon, int]) -> None:
+def test_malformed_request_gets_no_reply_at_all(daemon: tuple[Service, int]) -> None:
     _, port = daemon
     replies, closed = _exchange(port, b"request=smtpd_access_policy\nthis line is bad\n\n", 1)
     assert (replies, closed) == (0, True)

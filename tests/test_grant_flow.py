@@ -8,11 +8,8 @@ CLI runs as the real program against the same Redis.
 
 from __future__ import annotations
 
-import http.client
 import json
-import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,16 +18,16 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import (
-    Daemon,
-    PolicyClient,
+from tests.support import (
+    BlockingPolicyClient,
     RedisServer,
+    Service,
     free_port,
     policy_request,
     port_open,
+    signed_request,
     wait_for,
 )
-from webhook import auth
 
 SECRET = "grant-flow-secret-" + "g" * 32
 TTL = 3600
@@ -41,36 +38,19 @@ OTHER = "198.18.0.11"
 
 @dataclass
 class Served:
-    daemon: Daemon
+    daemon: Service
     policy_port: int
     webhook_port: int
 
     def reply_for(self, ip: str) -> str:
         return LIMIT_REPLY.format(ip=ip, limit="2 messages", window="1h")
 
-    def policy(self) -> PolicyClient:
-        return PolicyClient("127.0.0.1", self.policy_port)
+    def policy(self) -> BlockingPolicyClient:
+        return BlockingPolicyClient("127.0.0.1", self.policy_port)
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """A signed webhook request, as the portal makes it; (status, parsed JSON or None)."""
-        raw = b"" if body is None else json.dumps(body).encode()
-        timestamp = str(int(time.time()))
-        nonce = secrets.token_urlsafe(24)
-        headers = {
-            auth.TIMESTAMP_HEADER: timestamp,
-            auth.NONCE_HEADER: nonce,
-            auth.SIGNATURE_HEADER: auth.sign(SECRET, timestamp, nonce, method, path, raw),
-        }
-        if raw:
-            headers["Content-Type"] = "application/json"
-        connection = http.client.HTTPConnection("127.0.0.1", self.webhook_port, timeout=10)
-        try:
-            connection.request(method, path, body=raw, headers=headers)
-            response = connection.getresponse()
-            data = response.read()
-        finally:
-            connection.close()
-        return response.status, (json.loads(data) if data else None)
+        return signed_request(self.webhook_port, method, path, body, SECRET)
 
     def grant(self, ip: str, user: str = "alice") -> tuple[int, Any]:
         body = {"ip": ip, "user": user, "role": "student", "status": "normal"}
@@ -78,14 +58,7 @@ class Served:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``smtp-whitelist ARGS`` with the daemon's settings."""
-        return subprocess.run(
-            [sys.executable, "-m", "policyd", *args],
-            env=self.daemon.env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        return self.daemon.cli(*args)
 
     def cli_json(self, *args: str) -> Any:
         done = self.cli(*args, "--json")
@@ -102,7 +75,7 @@ class Served:
 @pytest.fixture
 def served(redis_server: RedisServer, tmp_path: Path) -> Iterator[Served]:
     policy_port, webhook_port = free_port(), free_port()
-    daemon = Daemon(
+    daemon = Service(
         "serve",
         {
             "REDIS_URL": redis_server.url,
@@ -118,7 +91,7 @@ def served(redis_server: RedisServer, tmp_path: Path) -> Iterator[Served]:
         },
         tmp_path / "serve",
     )
-    daemon.start(wait_port=("127.0.0.1", policy_port))
+    daemon.start()
     try:
         wait_for(lambda: port_open("127.0.0.1", webhook_port), what="the webhook")
         yield Served(daemon, policy_port, webhook_port)

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from policyd import logs
-from tests.helpers import RedisServer, wait_for
-from tests.policy_helpers import PolicydProcess, ask_once
+from tests.support import PolicydProcess, RedisServer, ask_once, wait_for
 
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 CLIENT = "198.51.100.9"

@@ -21,8 +21,15 @@ from pathlib import Path
 import pytest
 
 from ratelimit.store import KeyLayout
-from tests.conftest import require_tool
-from tests.helpers import PolicyClient, RedisServer, free_port, policy_request, port_open, wait_for
+from tests.support import (
+    BlockingPolicyClient,
+    RedisServer,
+    free_port,
+    policy_request,
+    port_open,
+    require_tool,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 VENV = Path(sys.executable).parent.parent
@@ -101,7 +108,7 @@ def make_run_cleanup() -> Iterator[list[MakeRun]]:
 
 
 def _limits(port: int) -> list[str | None]:
-    client = PolicyClient("127.0.0.1", port)
+    client = BlockingPolicyClient("127.0.0.1", port)
     try:
         return [client.ask(policy_request("192.0.2.60", "DATA")) for _ in range(3)]
     finally:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import secrets
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -18,18 +16,23 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ratelimit.grants import Grants
+from ratelimit.listen import ListenAddress
 from ratelimit.metrics import DECISION_BUCKETS, Metrics, PolicyMetrics
-from ratelimit.nonces import NonceLedger
-from ratelimit.settings import ListenAddress, Settings, SettingsError, load_settings
 from ratelimit.store import Store
-from tests.conftest import require_tool
-from tests.helpers import Daemon, PolicyClient, RedisServer, free_port, policy_request, wait_for
+from smtp_whitelist.settings import Settings, SettingsError, load_settings
+from smtp_whitelist.wiring import build_webhook
 from tests.prometheus_instance import Prometheus
-from tests.test_security import _post as signed_post
+from tests.support import (
+    BlockingPolicyClient,
+    RedisServer,
+    Service,
+    free_port,
+    policy_request,
+    require_tool,
+    signed_request,
+    wait_for,
+)
 from webhook import auth
-from webhook.app import build_app
-from webhook.registered_name import RegisteredNameChecker
 from webhook.serve import start_webhook
 
 SECRET = "metrics-test-secret-" + "m" * 32
@@ -101,7 +104,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 def _signed_grant(port: int, ip: str) -> int:
     body = {"ip": ip, "user": "alice", "role": "staff", "status": "normal"}
-    return signed_post(port, "/v1/whitelist", body, SECRET)[0]
+    return signed_request(port, "POST", "/v1/whitelist", body, SECRET)[0]
 
 
 def test_prometheus_reads_back_the_decisions_made(
@@ -111,7 +114,7 @@ def test_prometheus_reads_back_the_decisions_made(
     metrics_port, policy_port, webhook_port = free_port(), free_port(), free_port()
     prometheus = Prometheus(prometheus_binary, tmp_path / "prometheus", metrics_port)
     prometheus.directory.mkdir()
-    serve = Daemon(
+    serve = Service(
         "serve",
         {
             "REDIS_URL": redis_server.url,
@@ -125,15 +128,15 @@ def test_prometheus_reads_back_the_decisions_made(
         },
         tmp_path / "serve",
     )
-    serve.start(wait_port=("127.0.0.1", metrics_port))
+    serve.start()
     prometheus.start()
-    clients: list[PolicyClient] = []
+    clients: list[BlockingPolicyClient] = []
     try:
         # Counters must start from a scraped zero, or increase() in the alert rules sees no rise.
         assert prometheus.wait_value('up{job="smtp-whitelist"}', 1.0) == 1.0, prometheus.log()
 
         made: Counter[tuple[str, str]] = Counter()
-        clients = [PolicyClient("127.0.0.1", policy_port) for _ in range(2)]
+        clients = [BlockingPolicyClient("127.0.0.1", policy_port) for _ in range(2)]
         for n in range(7):
             for i, ip in enumerate(("192.0.2.31", "192.0.2.32")):
                 action = clients[i].ask(policy_request(ip, "DATA", 2))
@@ -205,7 +208,7 @@ def test_each_server_serves_every_family(
     command: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    daemon = Daemon(
+    daemon = Service(
         command,
         {
             "REDIS_URL": redis_server.url,
@@ -216,7 +219,7 @@ def test_each_server_serves_every_family(
         },
         tmp_path,
     )
-    daemon.start(wait_port=("127.0.0.1", port))
+    daemon.start()
     try:
         status, body = _get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200
@@ -233,12 +236,12 @@ def test_each_server_serves_every_family(
 
 def test_no_metrics_listener_by_default(redis_server: RedisServer, tmp_path: Path) -> None:
     policy_port = free_port()
-    daemon = Daemon(
+    daemon = Service(
         "policyd",
         {"REDIS_URL": redis_server.url, "POLICY_LISTEN": f"127.0.0.1:{policy_port}"},
         tmp_path,
     )
-    daemon.start(wait_port=("127.0.0.1", policy_port))
+    daemon.start()
     try:
         assert "metrics listening" not in daemon.log()
     finally:
@@ -254,24 +257,14 @@ async def test_webhook_counts_grants_by_outcome_and_requests_by_route(
     )
     store = Store.from_settings(settings)
     metrics = Metrics()
-    app = build_app(
-        settings,
-        Grants(store, settings),
-        NonceLedger(store),
-        store,
-        RegisteredNameChecker.from_settings(settings),
-        metrics=metrics,
-    )
+    app = build_webhook(settings, store, metrics=metrics)
     port = free_port()
     runner = await start_webhook(app, [ListenAddress("127.0.0.1", port, None)])
 
     async def call(session: aiohttp.ClientSession, method: str, path: str, body: bytes) -> int:
-        timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(24)
         headers = {
             "Content-Type": "application/json",
-            auth.TIMESTAMP_HEADER: timestamp,
-            auth.NONCE_HEADER: nonce,
-            auth.SIGNATURE_HEADER: auth.sign(SECRET, timestamp, nonce, method, path, body),
+            **auth.signed_headers(SECRET, method, path, body),
         }
         url = f"http://127.0.0.1:{port}{path}"
         async with session.request(method, url, data=body, headers=headers) as answer:

@@ -17,8 +17,15 @@ from ratelimit.limits import Limit
 from ratelimit.offenders import offender_from_hash, parse_span
 from ratelimit.release import release_time
 from ratelimit.store import KeyLayout
-from tests.helpers import PolicyClient, RedisServer, free_port, policy_request
-from tests.policy_helpers import PolicydProcess, clean_env, run_cli
+from tests.support import (
+    BlockingPolicyClient,
+    PolicydProcess,
+    RedisServer,
+    clean_env,
+    free_port,
+    policy_request,
+    run_cli,
+)
 
 US = 1_000_000
 HOUR = 3600 * US
@@ -74,7 +81,7 @@ def test_spans() -> None:
 # -- two daemons, one Redis --------------------------------------------------------------------
 
 
-def _refuse(client: PolicyClient, ip: str) -> None:
+def _refuse(client: BlockingPolicyClient, ip: str) -> None:
     action = client.ask(policy_request(ip, "RCPT"))
     assert action is not None
     assert action.startswith("450"), action
@@ -104,7 +111,7 @@ def test_one_compromised_line_under_two_daemons(redis_server: RedisServer, tmp_p
     ]
     env = clean_env(**settings)
     try:
-        clients = [PolicyClient("127.0.0.1", d.port) for d in daemons]
+        clients = [BlockingPolicyClient("127.0.0.1", d.port) for d in daemons]
         ip, other = "192.0.2.77", "192.0.2.78"
         # The limit filled through both daemons, then refused at DATA by both.
         assert [c.ask(policy_request(ip, "DATA")) for c in clients] == ["DUNNO", "DUNNO"]
@@ -169,7 +176,7 @@ def test_show_says_when_the_client_may_send_again(
     env = clean_env(**settings)
     ip = "192.0.2.90"
     try:
-        client = PolicyClient("127.0.0.1", daemon.port)
+        client = BlockingPolicyClient("127.0.0.1", daemon.port)
         free = json.loads(run_cli("show", ip, "--json", env=env).stdout)
         assert (free["refused_now"], free["may_send_at"]) == (False, None)
         assert client.ask(policy_request(ip, "DATA")) == "DUNNO"
@@ -199,7 +206,7 @@ def test_reset_clears_the_counts_and_is_audited(redis_server: RedisServer, tmp_p
     env = clean_env(**settings)
     ip = "192.0.2.91"
     try:
-        client = PolicyClient("127.0.0.1", daemon.port)
+        client = BlockingPolicyClient("127.0.0.1", daemon.port)
         assert client.ask(policy_request(ip, "DATA")) == "DUNNO"
         _refuse(client, ip)
         reset = run_cli("reset", ip, env=env)

@@ -19,8 +19,7 @@ from ratelimit.addresses import parse_ip
 from ratelimit.grant_rules import InvalidGrant
 from ratelimit.grants import Grants
 from ratelimit.store import Store
-from tests.helpers import RedisServer
-from tests.policy_helpers import clean_env, make_settings, run_cli
+from tests.support import RedisServer, clean_env, make_settings, run_cli
 from tests.test_webhook_api import grant_body, serving
 from webhook.registered_name import RegisteredNameChecker
 
@@ -79,7 +78,7 @@ async def test_every_entry_point_goes_through_the_same_rules(redis_server: Redis
                     source="webhook",
                     max_per_user=3,
                 )
-        assert await store.client.dbsize() == 0
+        assert await store._client.dbsize() == 0
     finally:
         await store.aclose()
 

@@ -34,10 +34,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import require_tool
-from tests.helpers import RedisServer, free_port
 from tests.page_helpers import page_in_thread, page_settings
 from tests.postfix_instance import NamespaceHosts, PostfixInstance
+from tests.support import RedisServer, free_port, require_tool
 from tests.test_e2e_postfix import Product, send
 from webhook.page.views import COOKIE
 

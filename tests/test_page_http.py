@@ -22,9 +22,7 @@ import pytest
 from ratelimit.addresses import parse_ip
 from ratelimit.audit import AuditTrail
 from ratelimit.metrics import Metrics
-from tests.conftest import require_tool
 from tests.dns_server import Dnsmasq, Zone, running_dnsmasq, silent_dns_server
-from tests.helpers import RedisServer
 from tests.page_helpers import (
     HANDOFF_SECRET,
     Answer,
@@ -35,6 +33,7 @@ from tests.page_helpers import (
     running_page,
     session_id,
 )
+from tests.support import RedisServer, require_tool
 from webhook.page.handoff import sign
 from webhook.page.session import MAX_WRONG_CODES
 from webhook.registered_name import RegisteredNameChecker
@@ -209,10 +208,10 @@ async def test_replayed_handoff_is_handoff_expired(direct: Page) -> None:
     # Remembered at least as long as the link verifies (HANDOFF_MAX_AGE, plus the clock skew a
     # link may be early by), so no replay window opens at the end of its life.
     claims = [
-        k async for k in direct.store.client.scan_iter(direct.settings.key_prefix + "page:h:*")
+        k async for k in direct.store._client.scan_iter(direct.settings.key_prefix + "page:h:*")
     ]
     assert len(claims) == 1
-    assert await direct.store.client.ttl(claims[0]) > direct.settings.handoff_max_age
+    assert await direct.store._client.ttl(claims[0]) > direct.settings.handoff_max_age
 
 
 async def test_handoff_from_another_address_is_ip_mismatch(direct: Page) -> None:
@@ -244,7 +243,7 @@ async def test_unknown_session_is_minus_1(direct: Page) -> None:
     async with browser:
         assert form.error == "none"
         # The store forgot it (expired there, or Redis was flushed).
-        await direct.store.client.delete(direct.session_key(session_id(browser)))
+        await direct.store._client.delete(direct.session_key(session_id(browser)))
         answer = await fetch(browser, "GET", direct.base + "/apply")
         assert (answer.status, answer.error) == (403, "-1")
     async with client("127.0.0.2") as forger:
@@ -336,8 +335,8 @@ async def test_expired_code_is_wrong_code(proxied: Page) -> None:
     async with browser:
         key = proxied.code_key(session_id(browser))
         code = proxied.read_code(session_id(browser))
-        assert 0 < await proxied.store.client.ttl(key) <= 300  # valid 5 minutes
-        await proxied.store.client.pexpire(key, 1)  # as if five minutes had passed
+        assert 0 < await proxied.store._client.ttl(key) <= 300  # valid 5 minutes
+        await proxied.store._client.pexpire(key, 1)  # as if five minutes had passed
         await asyncio.sleep(0.05)
         answer = await submit(proxied, browser, form, code=code)
         assert answer.error == "wrong_code"

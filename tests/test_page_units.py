@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import gettext
 import io
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -18,8 +16,8 @@ from babel.messages.pofile import read_po
 
 from policyd.decision import Replies
 from ratelimit.addresses import parse_networks
-from ratelimit.settings import Settings
-from tests.conftest import require_tool
+from smtp_whitelist.settings import Settings
+from tests.support import clean_env, require_tool, run_cli
 from webhook.page import i18n
 from webhook.page.client_address import client_address
 from webhook.page.handoff import HandoffInvalid, handoff_url, sign, verify
@@ -159,17 +157,7 @@ def test_page_settings_defaults_and_off_when_empty() -> None:
 
 
 def _run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_WHITELIST_")}
-    clean.update({f"SMTP_WHITELIST_{k}": v for k, v in env.items()})
-    return subprocess.run(
-        [sys.executable, "-m", "policyd", *args],
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        cwd=Path(__file__).parent,
-    )
+    return run_cli(*args, env=clean_env(**env), cwd=Path(__file__).parent)
 
 
 @pytest.mark.parametrize(

@@ -23,14 +23,16 @@ import pytest
 from policyd.protocol import MAX_ATTRIBUTES, MAX_LINE_BYTES, encode_request
 from ratelimit.addresses import parse_ip
 from ratelimit.grants import Grants
-from ratelimit.settings import ListenAddress
+from ratelimit.listen import ListenAddress
 from ratelimit.store import KeyLayout
-from tests.helpers import POSTFIX_37_REQUEST, RedisServer
-from tests.policy_helpers import (
+from tests.redis_ha import RedisEndpoint
+from tests.support import (
     LOOPBACK_V4,
     LOOPBACK_V6,
+    POSTFIX_37_REQUEST,
     PolicyClient,
     PolicydProcess,
+    RedisServer,
     RunningServer,
     ask_once,
     elapsed,
@@ -38,7 +40,6 @@ from tests.policy_helpers import (
     make_settings,
     policy_server,
 )
-from tests.redis_ha import RedisEndpoint
 
 DUNNO = "DUNNO"
 IP = "198.51.100.23"
@@ -268,7 +269,7 @@ async def test_rcpt_checks_without_counting(redis_server: RedisServer) -> None:
         assert await send_messages(client, 1, recipients=3) == [DUNNO]
         # At the recipient limit but not a message limit: RCPT only checks message limits.
         assert await client.ask(protocol_state="RCPT", client_address=IP) == DUNNO
-        await running.store.client.delete(running.store.keys.client_log(f"{IP}/32"))
+        await running.store._client.delete(running.store.keys.client_log(f"{IP}/32"))
         assert await send_messages(client, 2, recipients=0) == [DUNNO, DUNNO]
         rcpt = await client.ask(protocol_state="RCPT", client_address=IP)
         assert rcpt == refused("2 messages", "1m")

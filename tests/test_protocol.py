@@ -25,8 +25,7 @@ from policyd.protocol import (
     encode_request,
     parse_reply,
 )
-from tests.helpers import POSTFIX_37_REQUEST
-from tests.policy_helpers import postfix_request
+from tests.support import POSTFIX_37_REQUEST, postfix_request
 
 # The request exactly as Postfix writes it on the wire.
 WIRE = encode_request(POSTFIX_37_REQUEST)

@@ -15,16 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit.settings import (
+from smtp_whitelist.settings import (
     DEFAULT_LIMIT_REPLY,
     ENV_PREFIX,
     Settings,
     SettingsError,
     load_settings,
 )
-from tests.conftest import require_tool
-from tests.helpers import RedisServer
-from tests.policy_helpers import SMTP_WHITELIST, PolicydProcess, clean_env
+from tests.support import (
+    PolicydProcess,
+    RedisServer,
+    clean_env,
+    require_tool,
+    run_cli,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -61,10 +65,7 @@ def test_checking_that_it_works_runs_as_printed(tmp_path: Path, redis_server: Re
     try:
         for command, expected in session:
             argv = shlex.split(command)
-            ran = subprocess.run(
-                [SMTP_WHITELIST, "--env-file", str(empty), *argv[1:]],
-                env=env, capture_output=True, text=True, timeout=30, check=False,
-            )  # fmt: skip
+            ran = run_cli("--env-file", str(empty), *argv[1:], env=env)
             assert ran.returncode == 0, ran.stderr
             assert [ln.rstrip() for ln in ran.stdout.rstrip("\n").splitlines()] == expected, command
     finally:
@@ -173,6 +174,6 @@ def test_the_wheel_carries_the_data_files(tmp_path: Path) -> None:
         "webhook/page/templates/apply.html",
         "webhook/page/static/style.css",
         "webhook/page/locale/zh_TW/LC_MESSAGES/messages.mo",
-        "policyd/cli.py",
+        "smtp_whitelist/cli.py",
     ):
         assert wanted in names, wanted

@@ -23,16 +23,16 @@ from ratelimit.grants import Grants
 from ratelimit.limiter import LimitConfig, Limiter, Outcome, Verdict
 from ratelimit.store import KeyLayout, Store, StoreUnavailable
 from tests import test_policy_server as core
-from tests.conftest import require_tool
-from tests.policy_helpers import (
+from tests.redis_ha import Cluster
+from tests.support import (
     PolicyClient,
     clean_env,
     limit_reply,
     make_settings,
     policy_server,
+    require_tool,
     run_cli,
 )
-from tests.redis_ha import Cluster
 from webhook.page.handoff import Handoff
 from webhook.page.session import PageSessions
 
@@ -83,9 +83,9 @@ async def test_one_batch_spans_every_master_and_each_client_stays_exact(
         await asyncio.gather(*(c.aclose() for c in connections))
         # The clients' logs are spread over the masters: every master held some decisions.
         store = running.store
-        assert isinstance(store.client, RedisCluster)
+        assert isinstance(store._client, RedisCluster)
         holders = {
-            store.client.get_node_from_key(store.keys.client_log(f"{ip}/32")) for ip in clients
+            store._client.get_node_from_key(store.keys.client_log(f"{ip}/32")) for ip in clients
         }
         assert len(holders) == 3
         for ip in clients:
@@ -163,13 +163,13 @@ async def test_a_dead_master_fails_only_its_slots_and_its_replica_takes_over(
     limiter = Limiter(store, LimitConfig.from_settings(settings))
     addresses = [a for a in (parse_ip(ip) for ip in _clients(30)) if a is not None]
     try:
-        assert isinstance(store.client, RedisCluster)
+        assert isinstance(store._client, RedisCluster)
         assert all(v.outcome is Outcome.ACCEPTED for v in await decide_all(limiter, addresses))
         node_of = {
-            a: store.client.get_node_from_key(store.keys.client_log(f"{a}/32")) for a in addresses
+            a: store._client.get_node_from_key(store.keys.client_log(f"{a}/32")) for a in addresses
         }
         # The worst master to lose: the one the client asks for its command table.
-        victim = store.client.get_default_node()
+        victim = store._client.get_default_node()
         assert victim in node_of.values()
         cluster_to_break.kill(int(victim.port))
         # Within the node timeout (2 s) the cluster has not declared the failure yet: the other

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import RedisServer
-from tests.policy_helpers import (
+from tests.support import (
     PolicyClient,
     PolicydProcess,
+    RedisServer,
     RunningServer,
     elapsed,
     limit_reply,

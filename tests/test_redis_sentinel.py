@@ -20,9 +20,8 @@ from ratelimit.addresses import parse_ip
 from ratelimit.grants import Grants
 from ratelimit.store import BREAKER_PROBE_INTERVAL, KeyLayout, Store
 from tests import test_policy_server as core
-from tests.conftest import require_tool
-from tests.policy_helpers import PolicyClient, PolicydProcess, make_settings, postfix_request
 from tests.redis_ha import SentinelSet, cli
+from tests.support import PolicyClient, PolicydProcess, make_settings, postfix_request, require_tool
 
 STORE_TIMEOUT = 0.5
 # The longest a request may wait for its answer while the master is gone.

@@ -7,7 +7,7 @@ import re
 import signal
 from pathlib import Path
 
-from tests.helpers import RedisServer, wait_for
+from tests.support import RedisServer, wait_for
 from tests.test_e2e_postfix import Product
 
 STUDENT = {"ip": "198.18.5.5", "user": "s1234567", "role": "student", "status": "normal"}

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from policyd import sdnotify
-from tests.helpers import RedisServer, free_port
+from tests.support import RedisServer, Service, free_port
 
 
 @pytest.fixture
@@ -106,28 +104,21 @@ def test_policyd_sends_ready_after_binding_and_reports_reload_and_stop(
     port = free_port()
     env_file = tmp_path / "smtp-whitelist.env"
     env_file.write_text("SMTP_WHITELIST_MESSAGE_LIMITS=3/1h\n", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_WHITELIST_")}
-    env |= {
-        "SMTP_WHITELIST_REDIS_URL": redis_server.url,
-        "SMTP_WHITELIST_POLICY_LISTEN": f"127.0.0.1:{port}",
-        "NOTIFY_SOCKET": str(tmp_path / "notify"),
-    }
-    script = Path(sys.executable).with_name("smtp-whitelist")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "policyd"]
-    log_path = tmp_path / "policyd.log"
-    with (
-        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify,
-        log_path.open("wb") as log,
-    ):
-        notify.bind(env["NOTIFY_SOCKET"])
+    daemon = Service(
+        "policyd",
+        {"REDIS_URL": redis_server.url, "POLICY_LISTEN": f"127.0.0.1:{port}"},
+        tmp_path,
+        env_file=env_file,
+    )
+    # Its own NOTIFY_SOCKET: this test reads every message, READY=1 included.
+    daemon.env["NOTIFY_SOCKET"] = str(tmp_path / "notify")
+    log_path = daemon.log_path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(daemon.env["NOTIFY_SOCKET"])
         notify.settimeout(30)
-        process = subprocess.Popen(
-            [*command, "--env-file", str(env_file), "policyd"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
+        daemon.start()
+        process = daemon.process
+        assert process is not None
         try:
             assert notify.recv(4096) == b"READY=1"
             # Bound before READY=1: the very first connection attempt succeeds.

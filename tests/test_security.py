@@ -4,22 +4,23 @@ secrets never reach a log line or ``smtp-whitelist check``."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import secrets
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ratelimit.store import KeyLayout
-from tests.conftest import require_tool
-from tests.helpers import Daemon, PolicyClient, RedisServer, free_port, policy_request
-from webhook.auth import sign
+from tests.support import (
+    BlockingPolicyClient,
+    RedisServer,
+    Service,
+    free_port,
+    policy_request,
+    require_tool,
+    run_cli,
+    signed_request,
+)
 
 SECRET = "s3cret-" + secrets.token_hex(24)
 REDIS_PASSWORD = "pw-" + secrets.token_hex(12)
@@ -41,27 +42,6 @@ def _url(redis: RedisServer) -> str:
     return f"redis://:{REDIS_PASSWORD}@{redis.host}:{redis.port}/0"
 
 
-def _post(port: int, path: str, body: dict[str, str], secret: str) -> tuple[int, dict[str, str]]:
-    raw = json.dumps(body).encode()
-    timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(18)
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=raw,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "X-Timestamp": timestamp,
-            "X-Nonce": nonce,
-            "X-Signature": sign(secret, timestamp, nonce, "POST", path, raw),
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_secrets_stay_out_of_logs_and_check(guarded_redis: RedisServer, tmp_path: Path) -> None:
     policy_port, webhook_port = free_port(), free_port()
     settings = {
@@ -73,12 +53,15 @@ def test_secrets_stay_out_of_logs_and_check(guarded_redis: RedisServer, tmp_path
         "LOG_LEVEL": "DEBUG",
         "MESSAGE_LIMITS": "1/1h",
     }
-    daemon = Daemon("serve", settings, tmp_path).start(wait_port=("127.0.0.1", webhook_port))
+    daemon = Service("serve", settings, tmp_path).start()
     try:
         grant = {"ip": "198.18.0.10", "user": "alice", "role": "staff", "status": "normal"}
-        assert _post(webhook_port, "/v1/whitelist", grant, SECRET)[0] == 201
-        assert _post(webhook_port, "/v1/whitelist", grant, "wrong-" + SECRET)[0] == 401
-        client = PolicyClient("127.0.0.1", policy_port)
+        assert signed_request(webhook_port, "POST", "/v1/whitelist", grant, SECRET)[0] == 201
+        assert (
+            signed_request(webhook_port, "POST", "/v1/whitelist", grant, "wrong-" + SECRET)[0]
+            == 401
+        )
+        client = BlockingPolicyClient("127.0.0.1", policy_port)
         try:
             for _ in range(3):
                 client.ask(policy_request("198.18.0.11"))
@@ -91,16 +74,9 @@ def test_secrets_stay_out_of_logs_and_check(guarded_redis: RedisServer, tmp_path
     assert SECRET not in log
     assert REDIS_PASSWORD not in log
 
-    env = {**daemon.env, "SMTP_WHITELIST_REDIS_URL": _url(guarded_redis)}
+    env = {**daemon.environment(), "SMTP_WHITELIST_REDIS_URL": _url(guarded_redis)}
     env["SMTP_WHITELIST_WEBHOOK_SECRET"] = SECRET
-    out = subprocess.run(
-        [sys.executable, "-m", "policyd", "check"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    out = run_cli("check", env=env)
     assert out.returncode == 0, out.stderr
     assert "SMTP_WHITELIST_WEBHOOK_SECRET=********" in out.stdout
     assert SECRET not in out.stdout + out.stderr
@@ -125,7 +101,7 @@ def test_hostile_client_addresses_never_reach_a_key_unnormalised(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    daemon = Daemon(
+    daemon = Service(
         "policyd",
         {
             "REDIS_URL": redis_server.url,
@@ -134,8 +110,8 @@ def test_hostile_client_addresses_never_reach_a_key_unnormalised(
             "LIMIT_REPLY": "450 4.7.1 {ip} over {limit}/{window}",
         },
         tmp_path,
-    ).start(wait_port=("127.0.0.1", port))
-    client = PolicyClient("127.0.0.1", port)
+    ).start()
+    client = BlockingPolicyClient("127.0.0.1", port)
     try:
         for address in HOSTILE_ADDRESSES:
             request = policy_request("x").replace(

@@ -9,13 +9,8 @@ import pytest
 
 from ratelimit.connections import HaUrl, parse_redis_url
 from ratelimit.limits import Limit
-from ratelimit.settings import (
-    DEFAULT_LIMIT_REPLY,
-    ListenAddress,
-    SettingsError,
-    load_settings,
-    parse_listen,
-)
+from ratelimit.listen import ListenAddress, parse_listen
+from smtp_whitelist.settings import DEFAULT_LIMIT_REPLY, SettingsError, load_settings
 
 PREFIX = "SMTP_WHITELIST_"
 SECRET = "s3cret-" + "x" * 40

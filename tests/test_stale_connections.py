@@ -16,8 +16,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers import Daemon, RedisServer, free_port, wait_for
-from tests.policy_helpers import clean_env, limit_reply, make_settings, policy_server, run_cli
+from tests.support import (
+    RedisServer,
+    Service,
+    clean_env,
+    free_port,
+    limit_reply,
+    make_settings,
+    policy_server,
+    run_cli,
+    wait_for,
+)
 from tests.test_webhook_api import Portal, grant_body
 
 IP = "198.51.100.23"
@@ -89,7 +98,7 @@ async def test_webhook_grants_on_the_first_request_after_a_stale_connection(
     redis_server: RedisServer, tmp_path: Path, event: str
 ) -> None:
     port = free_port()
-    daemon = Daemon(
+    daemon = Service(
         "webhook",
         {
             "REDIS_URL": redis_server.url,
@@ -99,7 +108,7 @@ async def test_webhook_grants_on_the_first_request_after_a_stale_connection(
         },
         tmp_path / "webhook",
     )
-    daemon.start(wait_port=("127.0.0.1", port))
+    daemon.start()
     try:
         # Two requests at once, so the pool holds more than one connection to go stale.
         statuses = await asyncio.gather(*(_post_grant(port, f"192.0.2.{n}") for n in (10, 11)))

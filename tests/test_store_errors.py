@@ -15,11 +15,10 @@ import logging
 import pytest
 
 from ratelimit.addresses import parse_ip
+from ratelimit.grant_rules import MAX_WHITELIST_TTL
 from ratelimit.grants import Grants
-from ratelimit.settings import MAX_WHITELIST_TTL
 from ratelimit.store import KeyLayout, Store
-from tests.helpers import RedisServer, free_port
-from tests.policy_helpers import clean_env, make_settings, policy_server, run_cli
+from tests.support import RedisServer, clean_env, free_port, make_settings, policy_server, run_cli
 from tests.test_webhook_api import grant_body, serving
 from webhook.registered_name import RegisteredNameChecker
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from ratelimit.settings import Settings
 from ratelimit.store import Store, StoreUnavailable
-from tests.helpers import RedisServer
+from smtp_whitelist.settings import Settings
+from tests.support import RedisServer
 
 # Far more round trips than fit in the timeout below on any machine.
 ROUND_TRIPS = 20_000
@@ -29,7 +29,7 @@ async def test_a_call_of_many_round_trips_ends_at_store_timeout(
     async def many() -> None:
         nonlocal done
         for _ in range(ROUND_TRIPS):
-            await store.client.ping()
+            await store._client.ping()
             done += 1
 
     try:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit.unix_socket import remove_stale_socket
-from tests.helpers import RedisServer, free_port
-from tests.policy_helpers import clean_env, run_cli
+from ratelimit.listen import remove_stale_socket
+from tests.support import RedisServer, clean_env, free_port, run_cli
 
 
 def _regular_file(path: Path) -> None:

@@ -24,15 +24,20 @@ import redis.asyncio as aioredis
 from yarl import URL
 
 from ratelimit.addresses import parse_networks
-from ratelimit.grants import Grants
-from ratelimit.nonces import NonceLedger
-from ratelimit.settings import ListenAddress, Settings
+from ratelimit.listen import ListenAddress
 from ratelimit.store import KeyLayout, Store
-from tests.conftest import require_tool
+from smtp_whitelist.settings import Settings
+from smtp_whitelist.wiring import build_webhook
 from tests.dns_server import Dnsmasq, Zone, running_dnsmasq, silent_dns_server
-from tests.helpers import RedisServer, free_port, wait_for
+from tests.support import (
+    RedisServer,
+    free_port,
+    make_settings,
+    require_tool,
+    wait_for,
+)
 from webhook import auth
-from webhook.app import MAX_BODY, build_app
+from webhook.app import MAX_BODY
 from webhook.registered_name import RegisteredNameChecker
 from webhook.serve import start_webhook
 
@@ -118,18 +123,14 @@ class Portal:
         self.sent_nonces.append(nonce)
         headers: dict[str, str] = {}
         if signed:
-            headers = {
-                auth.TIMESTAMP_HEADER: timestamp,
-                auth.NONCE_HEADER: nonce,
-                auth.SIGNATURE_HEADER: auth.sign(
-                    secret or self.secret,
-                    timestamp,
-                    nonce,
-                    sign_method or method,
-                    sign_path or path,
-                    body if sign_body is None else sign_body,
-                ),
-            }
+            headers = auth.signed_headers(
+                secret or self.secret,
+                sign_method or method,
+                sign_path or path,
+                body if sign_body is None else sign_body,
+                timestamp=timestamp,
+                nonce=nonce,
+            )
         if content_type is not None and body:
             headers["Content-Type"] = content_type
         for name in drop:
@@ -150,19 +151,16 @@ class Webhook:
     redis_server: RedisServer
 
 
-def make_settings(redis_url: str, **change: Any) -> Settings:
-    values: dict[str, Any] = {
-        "redis_url": redis_url,
-        "webhook_secret": SECRET,
-        "key_prefix": PREFIX,
-        "whitelist_ttl": TTL,
-        "allowed_networks": parse_networks(ALLOWED),
-        "required_ptr_suffix": "campus.example",
-        "max_grants_per_user": 3,
-        "store_timeout": 0.5,
-    }
-    values.update(change)
-    return Settings(**values)
+# What every webhook test here starts from (make_settings' defaults for these tests).
+WEBHOOK_DEFAULTS: dict[str, Any] = {
+    "webhook_secret": SECRET,
+    "key_prefix": PREFIX,
+    "whitelist_ttl": TTL,
+    "allowed_networks": parse_networks(ALLOWED),
+    "required_ptr_suffix": "campus.example",
+    "max_grants_per_user": 3,
+    "store_timeout": 0.5,
+}
 
 
 @pytest.fixture
@@ -180,10 +178,10 @@ async def serving(
     **change: Any,
 ) -> AsyncIterator[Webhook]:
     """The webhook as the CLI starts it, on a free loopback port, with its own store."""
-    settings = make_settings(redis_server.url, **change)
+    settings = make_settings(redis_server.url, defaults=WEBHOOK_DEFAULTS, **change)
     store = Store.from_settings(settings)
     extra: dict[str, Any] = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
-    app = build_app(settings, Grants(store, settings), NonceLedger(store), store, checker, **extra)
+    app = build_webhook(settings, store, resolver=checker, **extra)
     port = free_port()
     runner = await start_webhook(app, [ListenAddress("127.0.0.1", port, None)])
     client = aioredis.from_url(redis_server.url, decode_responses=True)

@@ -177,3 +177,32 @@ def test_any_changed_body_byte_is_refused(body: bytes, data: st.DataObject) -> N
     altered = body[:index] + bytes([body[index] ^ flip]) + body[index + 1 :]
     with pytest.raises(auth.AuthError):
         _verify(headers, body=altered)
+
+
+def test_signed_headers_are_what_verify_accepts_once_per_nonce() -> None:
+    # The one signer the tests and any portal-side script share: now, and a fresh nonce each time.
+    first = auth.signed_headers(SECRET, "POST", PATH, BODY)
+    second = auth.signed_headers(SECRET, "POST", PATH, BODY)
+    assert first[auth.NONCE_HEADER] != second[auth.NONCE_HEADER]
+    signed = auth.verify(
+        SECRET,
+        timestamp=first[auth.TIMESTAMP_HEADER],
+        nonce=first[auth.NONCE_HEADER],
+        signature=first[auth.SIGNATURE_HEADER],
+        method="POST",
+        path=PATH,
+        body=BODY,
+        now=int(first[auth.TIMESTAMP_HEADER]),
+    )
+    assert signed.nonce == first[auth.NONCE_HEADER]
+    with pytest.raises(auth.AuthError):
+        auth.verify(
+            "another-secret-0123456789-abcdefghijklmn",
+            timestamp=first[auth.TIMESTAMP_HEADER],
+            nonce=first[auth.NONCE_HEADER],
+            signature=first[auth.SIGNATURE_HEADER],
+            method="POST",
+            path=PATH,
+            body=BODY,
+            now=int(first[auth.TIMESTAMP_HEADER]),
+        )

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
 from tests.dns_server import Dnsmasq, Zone, running_dnsmasq, silent_dns_server
+from tests.support import require_tool
 from webhook.registered_name import (
     DnsError,
     DnsTimeout,

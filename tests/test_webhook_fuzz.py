@@ -16,7 +16,6 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import json
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,8 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import require_tool
-from tests.helpers import Daemon, webhook_process
+from tests.support import Service, require_tool, webhook_process
 from webhook import auth
 from webhook.app import MAX_BODY
 
@@ -76,7 +74,7 @@ class Answer:
 class Live:
     host: str
     port: int
-    daemon: Daemon
+    daemon: Service
 
     def send(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
@@ -106,23 +104,11 @@ class Live:
         extra: dict[str, str] | None = None,
     ) -> Answer:
         """Signed the way the portal signs: over the method, the raw path and the raw body."""
-        headers = signature_headers(method, path.partition("?")[0], body)
+        headers = auth.signed_headers(SECRET, method, path.partition("?")[0], body)
         if content_type is not None:
             headers["Content-Type"] = content_type
         headers.update(extra or {})
         return self.send(method, path, body, headers)
-
-
-def signature_headers(
-    method: str, path: str, body: bytes, timestamp: str | None = None, nonce: str | None = None
-) -> dict[str, str]:
-    timestamp = timestamp or str(int(time.time()))
-    nonce = nonce or secrets.token_urlsafe(24)
-    return {
-        auth.TIMESTAMP_HEADER: timestamp,
-        auth.NONCE_HEADER: nonce,
-        auth.SIGNATURE_HEADER: auth.sign(SECRET, timestamp, nonce, method, path, body),
-    }
 
 
 def check_answer(answer: Answer, allowed: set[int]) -> None:
@@ -390,7 +376,7 @@ def test_mutated_signature_headers_get_401(
     """One signature header missing, malformed, stale or wrong: 401, whatever the route."""
     method, path = route
     raw = encode(body) if method == "POST" else b""
-    headers = signature_headers(method, path, raw)
+    headers = auth.signed_headers(SECRET, method, path, raw)
     for name, value in mutation[1].items():
         if value is None:
             headers.pop(name)
@@ -418,14 +404,14 @@ def test_replayed_and_duplicated_headers(
 ) -> None:
     """A replayed request is 409; a signature header given twice is 401."""
     raw = encode(body)
-    headers = signature_headers("POST", "/v1/whitelist", raw)
+    headers = auth.signed_headers(SECRET, "POST", "/v1/whitelist", raw)
     headers["Content-Type"] = "application/json"
     first = still_serving.send("POST", "/v1/whitelist", raw, headers)
     check_answer(first, GRANT_ANSWERS)
     again = still_serving.send("POST", "/v1/whitelist", raw, headers)
     check_answer(again, {409})
     # http.client sends a header once per putheader call: here the same header twice.
-    fresh = signature_headers("POST", "/v1/whitelist", raw)
+    fresh = auth.signed_headers(SECRET, "POST", "/v1/whitelist", raw)
     connection = http.client.HTTPConnection(still_serving.host, still_serving.port, timeout=10)
     try:
         connection.putrequest("POST", "/v1/whitelist", skip_accept_encoding=True)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.helpers import RedisServer
+from tests.support import RedisServer
 from tests.test_webhook_api import SECRET, Webhook, grant_body, serving
 from webhook.registered_name import RegisteredNameChecker
 

@@ -19,8 +19,6 @@ schemathesis 4.x API used: ``schemathesis.openapi.from_path``, ``schema[path][me
 from __future__ import annotations
 
 import ipaddress
-import secrets
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,15 +40,11 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import webhook
-from ratelimit.grants import Grants
-from ratelimit.nonces import NonceLedger
-from ratelimit.settings import Settings
 from ratelimit.store import Store
-from tests.conftest import require_tool
-from tests.helpers import webhook_process
+from smtp_whitelist.settings import Settings
+from smtp_whitelist.wiring import build_webhook
+from tests.support import require_tool, webhook_process
 from webhook import auth
-from webhook.app import build_app
-from webhook.registered_name import RegisteredNameChecker
 
 SPEC = Path(webhook.__file__).parent / "openapi.yaml"
 SECRET = "schemathesis-secret-" + "s" * 32
@@ -106,12 +100,8 @@ class SigningSession(requests.Session):
         assert isinstance(body, bytes), "schemathesis sent a streamed body"
         # The path as it is on the request line (percent-encoding kept), without the query.
         path = urlsplit(request.url or "").path
-        timestamp = str(int(time.time()))
-        nonce = secrets.token_urlsafe(24)
-        request.headers[auth.TIMESTAMP_HEADER] = timestamp
-        request.headers[auth.NONCE_HEADER] = nonce
-        request.headers[auth.SIGNATURE_HEADER] = auth.sign(
-            self.secret, timestamp, nonce, request.method or "GET", path, body
+        request.headers.update(
+            auth.signed_headers(self.secret, request.method or "GET", path, body)
         )
         self.sent += 1
         return super().send(request, **kwargs)
@@ -281,13 +271,7 @@ def test_the_spec_names_the_implemented_routes() -> None:
     assert documented == set(OPERATIONS)
     settings_ = Settings(webhook_secret=SECRET)
     store = Store.from_settings(settings_)
-    app = build_app(
-        settings_,
-        Grants(store, settings_),
-        NonceLedger(store),
-        store,
-        RegisteredNameChecker.from_settings(settings_),
-    )
+    app = build_webhook(settings_, store)
     implemented = {
         (route.resource.canonical, route.method)
         for route in app.router.routes()

@@ -4,39 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from ratelimit.addresses import parse_networks
-from ratelimit.grants import Grants
-from ratelimit.nonces import NonceLedger
-from ratelimit.settings import ListenAddress, Settings
+from ratelimit.listen import ListenAddress
 from ratelimit.store import Store
+from smtp_whitelist.wiring import build_webhook
 from tests.dns_server import silent_dns_server
-from tests.helpers import RedisServer, free_port, port_open
+from tests.support import (
+    RedisServer,
+    free_port,
+    make_settings,
+    port_open,
+)
 from webhook import auth
-from webhook.app import build_app
 from webhook.registered_name import RegisteredNameChecker
 from webhook.serve import SHUTDOWN_GRACE, bound_ports, start_webhook
 
 SECRET = "serve-test-secret-" + "s" * 32
-
-
-def _app(store: Store, settings: Settings, checker: RegisteredNameChecker) -> web.Application:
-    return build_app(settings, Grants(store, settings), NonceLedger(store), store, checker)
-
-
-def _settings(redis_url: str, **change: Any) -> Settings:
-    # Through a dict: mypy without pydantic's plugin takes fields with defaults as required.
-    values: dict[str, Any] = {"redis_url": redis_url, "webhook_secret": SECRET, **change}
-    return Settings(**values)
+WEBHOOK = {"webhook_secret": SECRET}
 
 
 async def _healthz(url: str, connector: aiohttp.BaseConnector | None = None) -> int:
@@ -52,12 +43,9 @@ async def _signed_post(session: aiohttp.ClientSession, port: int) -> int:
     body = json.dumps(
         {"ip": "192.0.2.10", "user": "alice", "role": "staff", "status": "normal"}
     ).encode()
-    timestamp, nonce = str(int(time.time())), secrets.token_urlsafe(24)
     headers = {
         "Content-Type": "application/json",
-        auth.TIMESTAMP_HEADER: timestamp,
-        auth.NONCE_HEADER: nonce,
-        auth.SIGNATURE_HEADER: auth.sign(SECRET, timestamp, nonce, "POST", "/v1/whitelist", body),
+        **auth.signed_headers(SECRET, "POST", "/v1/whitelist", body),
     }
     url = f"http://127.0.0.1:{port}/v1/whitelist"
     async with session.post(url, data=body, headers=headers) as response:
@@ -65,7 +53,7 @@ async def _signed_post(session: aiohttp.ClientSession, port: int) -> int:
 
 
 async def test_tcp_ipv6_and_unix_sites(redis_server: RedisServer, tmp_path: Path) -> None:
-    settings = _settings(redis_server.url)
+    settings = make_settings(redis_server.url, defaults=WEBHOOK)
     store = Store.from_settings(settings)
     v4, v6 = free_port(), free_port("::1")
     path = str(tmp_path / "webhook.sock")
@@ -74,7 +62,9 @@ async def test_tcp_ipv6_and_unix_sites(redis_server: RedisServer, tmp_path: Path
         ListenAddress("::1", v6, None),
         ListenAddress(None, None, path),
     ]
-    runner = await start_webhook(_app(store, settings, RegisteredNameChecker("")), addresses)
+    runner = await start_webhook(
+        build_webhook(settings, store, resolver=RegisteredNameChecker("")), addresses
+    )
     try:
         assert ("127.0.0.1", v4) in bound_ports(runner)
         assert await _healthz(f"http://127.0.0.1:{v4}/healthz") == 200
@@ -92,9 +82,9 @@ async def test_stale_unix_socket_is_replaced(redis_server: RedisServer, tmp_path
     path = tmp_path / "webhook.sock"
     with socket.socket(socket.AF_UNIX) as left_over:
         left_over.bind(str(path))  # as a crashed run leaves it: a socket nobody listens on
-    settings = _settings(redis_server.url)
+    settings = make_settings(redis_server.url, defaults=WEBHOOK)
     store = Store.from_settings(settings)
-    app = _app(store, settings, RegisteredNameChecker(""))
+    app = build_webhook(settings, store, resolver=RegisteredNameChecker(""))
     runner = await start_webhook(app, [ListenAddress(None, None, str(path))])
     try:
         assert await _healthz("http://localhost/healthz", aiohttp.UnixConnector(str(path))) == 200
@@ -106,13 +96,15 @@ async def test_stale_unix_socket_is_replaced(redis_server: RedisServer, tmp_path
 async def test_a_file_in_the_way_is_not_removed(redis_server: RedisServer, tmp_path: Path) -> None:
     path = tmp_path / "precious.txt"
     path.write_text("not a socket")
-    settings = _settings(redis_server.url)
+    settings = make_settings(redis_server.url, defaults=WEBHOOK)
     store = Store.from_settings(settings)
     port = free_port()
     addresses = [ListenAddress("127.0.0.1", port, None), ListenAddress(None, None, str(path))]
     try:
         with pytest.raises(OSError, match="not a socket"):
-            await start_webhook(_app(store, settings, RegisteredNameChecker("")), addresses)
+            await start_webhook(
+                build_webhook(settings, store, resolver=RegisteredNameChecker("")), addresses
+            )
     finally:
         await store.aclose()
     assert path.read_text() == "not a socket"
@@ -121,7 +113,7 @@ async def test_a_file_in_the_way_is_not_removed(redis_server: RedisServer, tmp_p
 
 
 async def test_port_in_use_fails_cleanly(redis_server: RedisServer) -> None:
-    settings = _settings(redis_server.url)
+    settings = make_settings(redis_server.url, defaults=WEBHOOK)
     store = Store.from_settings(settings)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -130,7 +122,7 @@ async def test_port_in_use_fails_cleanly(redis_server: RedisServer) -> None:
         try:
             with pytest.raises(OSError, match="in use"):
                 await start_webhook(
-                    _app(store, settings, RegisteredNameChecker("")),
+                    build_webhook(settings, store, resolver=RegisteredNameChecker("")),
                     [ListenAddress("127.0.0.1", port, None)],
                 )
         finally:
@@ -141,8 +133,9 @@ async def test_cleanup_does_not_wait_forever_for_a_hung_request(
     redis_server: RedisServer,
 ) -> None:
     """SIGTERM must end the process within 5 s even while a request waits on DNS."""
-    settings = _settings(
+    settings = make_settings(
         redis_server.url,
+        defaults=WEBHOOK,
         allowed_networks=parse_networks("192.0.2.0/24"),
         required_ptr_suffix="campus.example",
     )
@@ -150,7 +143,7 @@ async def test_cleanup_does_not_wait_forever_for_a_hung_request(
     port = free_port()
     with silent_dns_server() as silent:
         checker = RegisteredNameChecker("campus.example", [silent], lifetime=30.0)
-        app = _app(store, settings, checker)
+        app = build_webhook(settings, store, resolver=checker)
         runner = await start_webhook(app, [ListenAddress("127.0.0.1", port, None)])
         try:
             async with aiohttp.ClientSession() as session:
@@ -169,7 +162,7 @@ async def test_cleanup_does_not_wait_forever_for_a_hung_request(
 
 async def test_a_live_unix_socket_is_not_stolen(redis_server: RedisServer, tmp_path: Path) -> None:
     path = str(tmp_path / "webhook.sock")
-    settings = _settings(redis_server.url)
+    settings = make_settings(redis_server.url, defaults=WEBHOOK)
     store = Store.from_settings(settings)
     with socket.socket(socket.AF_UNIX) as running:
         running.bind(path)
@@ -177,7 +170,7 @@ async def test_a_live_unix_socket_is_not_stolen(redis_server: RedisServer, tmp_p
         try:
             with pytest.raises(OSError, match="in use"):
                 await start_webhook(
-                    _app(store, settings, RegisteredNameChecker("")),
+                    build_webhook(settings, store, resolver=RegisteredNameChecker("")),
                     [ListenAddress(None, None, path)],
                 )
         finally:

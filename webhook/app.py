@@ -18,18 +18,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from ratelimit.addresses import IPAddress
 from ratelimit.grants import Grant, Grants
 from ratelimit.metrics import Metrics
 from ratelimit.nonces import NonceLedger
-from ratelimit.settings import Settings
-from ratelimit.store import NotReplicated, Store, StoreError, StoreUnavailable
+from ratelimit.store import NotReplicated, Store, StoreUnavailable
 from webhook import auth, granting, rules
+from webhook.config import WebhookSettings
+from webhook.errors import (
+    REFUSAL_ADDRESS,
+    REFUSAL_USER,
+    RETRY_AFTER,
+    ApiError,
+    error_response,
+    errors,
+    shown_address,
+)
+from webhook.middleware import count_requests, in_flight_limit
 from webhook.models import BadRequest, error_body, parse_grant_request
 from webhook.page import views as page
 from webhook.page.session import PageSessions
@@ -37,7 +46,7 @@ from webhook.registered_name import RegisteredNameChecker
 
 log = logging.getLogger(__name__)
 
-# INTERFACE.md: a body over 4 KiB is refused (413). A grant request is about 100 bytes; the cap
+# docs/interface.md: a body over 4 KiB is refused (413). A grant request is about 100 bytes; the cap
 # keeps a caller from making us buffer and hash megabytes before the signature is even checked.
 MAX_BODY = 4096
 # The portal sends a few requests a minute. Far more at once than this means a runaway client or
@@ -46,157 +55,12 @@ MAX_IN_FLIGHT = 64
 # A client that opened a request must finish sending its (at most 4 KiB) body in this time;
 # otherwise a slow sender would hold one of the MAX_IN_FLIGHT places indefinitely.
 BODY_TIMEOUT = 5.0
-# The whole handling of one request. Longer than the DNS lifetime plus a few Redis calls at
-# STORE_TIMEOUT, so it only fires when something hangs that has no timeout of its own.
-REQUEST_TIMEOUT = 15.0
-# How long the portal should wait before retrying a 503 (Retry-After, RFC 9110 §10.2.3).
-RETRY_AFTER = "5"
-
 SOURCE = "webhook"
 JSON = "application/json"
 # RFC 8259 §8.1: JSON between systems is UTF-8, so a charset parameter may only say so. Charset
 # names are case-insensitive (RFC 9110 §8.3.2; Java clients send "UTF-8"); "utf8" is not a
 # registered name, but clients send it and it cannot mean anything else.
 UTF8_CHARSETS = frozenset({"utf-8", "utf8"})
-# At most this much of text that is not an address is copied into a log line (escaped).
-MAX_SHOWN_TEXT = 64
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# Codes for the answers aiohttp itself produces (routing, body size), so they share our shape.
-_HTTP_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    413: "too_large",
-    415: "unsupported_media_type",
-}
-
-
-class ApiError(Exception):
-    """An answer other than success: status, machine-readable code, and a human detail.
-
-    Every 4xx ApiError is logged once, by the error middleware, at ``level`` (INFO; auth
-    failures and replays WARNING), so a helpdesk can answer "why could I not register?".
-    """
-
-    def __init__(self, status: int, code: str, detail: str, level: int = logging.INFO) -> None:
-        super().__init__(f"{status} {code}: {detail}")
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.level = level
-
-
-# Request keys under which the handlers leave who and what a refusal was about, for its log line.
-_USER = web.RequestKey("refusal_user", str)
-_ADDRESS = web.RequestKey("refusal_address", str)
-
-
-def _shown_address(text: str) -> str:
-    """An address for a log line: normalised when it is one, else its printable escape."""
-    address = rules.parse_address(text)
-    return str(address) if address is not None else ascii(text[:MAX_SHOWN_TEXT])
-
-
-def _log_refusal(request: web.Request, error: ApiError) -> None:
-    address = request.get(_ADDRESS) or (
-        _shown_address(request.match_info["ip"]) if "ip" in request.match_info else "-"
-    )
-    log.log(
-        error.level,
-        "webhook refused %s %s from %s: %d %s user=%s ip=%s (%s)",
-        request.method,
-        request.path,
-        request.remote,
-        error.status,
-        error.code,
-        request.get(_USER, "-"),
-        address,
-        error.detail,
-    )
-
-
-def error_response(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    """The JSON error answer; 503s tell the portal when to retry."""
-    extra = dict(headers or {})
-    if status == 503:
-        extra.setdefault("Retry-After", RETRY_AFTER)
-    return web.json_response(error_body(code, detail), status=status, headers=extra)
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into the JSON error shape: no HTML page, no traceback escapes."""
-    try:
-        return await handler(request)
-    except ApiError as error:
-        if error.status < 500:
-            _log_refusal(request, error)
-        return error_response(error.status, error.code, error.detail)
-    except StoreError as error:
-        # Reachable, but it refused (out of memory, read-only): still nothing was granted.
-        log.warning("webhook %s %s: %s", request.method, request.path, error)
-        return error_response(503, "store_unavailable", "the grant store (Redis) answered an error")
-    except StoreUnavailable as error:
-        log.warning("webhook %s %s: Redis unavailable (%s)", request.method, request.path, error)
-        return error_response(503, "store_unavailable", "the grant store (Redis) is unavailable")
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        code = _HTTP_CODES.get(error.status, "http_error")
-        headers = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
-        return error_response(error.status, code, error.reason, headers)
-    except Exception:
-        log.exception("webhook %s %s: unexpected error", request.method, request.path)
-        return error_response(500, "internal_error", "unexpected error; see the webhook's log")
-
-
-def _in_flight_limit(limit: int) -> Middleware:
-    """A middleware refusing (503 ``busy``) what exceeds ``limit`` requests in flight."""
-    in_flight = 0
-
-    @web.middleware
-    async def limit_in_flight(request: web.Request, handler: Handler) -> web.StreamResponse:
-        nonlocal in_flight
-        if in_flight >= limit:
-            log.warning(
-                "webhook: %d requests in flight, refusing one from %s", limit, request.remote
-            )
-            return error_response(503, "busy", f"more than {limit} requests in flight")
-        in_flight += 1
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                return await handler(request)
-        except TimeoutError:
-            log.warning(
-                "webhook %s %s: no answer within %g s",
-                request.method,
-                request.path,
-                REQUEST_TIMEOUT,
-            )
-            return error_response(503, "timeout", f"no answer within {REQUEST_TIMEOUT:g} s")
-        finally:
-            in_flight -= 1
-
-    return limit_in_flight
-
-
-def _count_requests(metrics: Metrics) -> Middleware:
-    """A middleware counting every answer by route (its pattern, never the raw path) and status."""
-
-    @web.middleware
-    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await handler(request)
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        metrics.http_requests.labels(route, str(response.status)).inc()
-        return response
-
-    return count
 
 
 class Webhook:
@@ -204,7 +68,7 @@ class Webhook:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: WebhookSettings,
         grants: Grants,
         nonces: NonceLedger,
         store: Store,
@@ -227,7 +91,7 @@ class Webhook:
         if self.metrics is not None:
             self.metrics.grants.labels(SOURCE, outcome).inc()
 
-    def reconfigure(self, settings: Settings) -> None:
+    def reconfigure(self, settings: WebhookSettings) -> None:
         """SIGHUP: the campus rules, DNS rule, TTL and secret apply from the next request."""
         if settings.webhook_secret is None:
             raise ValueError("SMTP_WHITELIST_WEBHOOK_SECRET is required for the webhook")
@@ -260,8 +124,8 @@ class Webhook:
             wanted = parse_grant_request(body)
         except BadRequest as error:
             raise ApiError(400, "bad_request", error.detail) from None
-        request[_USER] = wanted.user
-        request[_ADDRESS] = _shown_address(wanted.ip)
+        request[REFUSAL_USER] = wanted.user
+        request[REFUSAL_ADDRESS] = shown_address(wanted.ip)
         try:
             grant, created = await granting.grant_by_rules(
                 self.settings,
@@ -392,7 +256,7 @@ WEBHOOK = web.AppKey("webhook", Webhook)
 
 
 def build_app(
-    settings: Settings,
+    settings: WebhookSettings,
     grants: Grants,
     nonces: NonceLedger,
     store: Store,
@@ -406,9 +270,9 @@ def build_app(
     hooks = Webhook(settings, grants, nonces, store, resolver, clock, metrics)
     # The error middleware is outside the others, so even the in-flight refusal is shaped by it;
     # the counting one is outermost, so it sees every answer as sent.
-    middlewares = [_errors, _in_flight_limit(max_in_flight)]
+    middlewares = [errors, in_flight_limit(max_in_flight)]
     if metrics is not None:
-        middlewares.insert(0, _count_requests(metrics))
+        middlewares.insert(0, count_requests(metrics))
     app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
     app[WEBHOOK] = hooks  # SIGHUP reaches the handlers through it (Webhook.reconfigure)
     app.router.add_get("/healthz", hooks.healthz)
@@ -416,7 +280,7 @@ def build_app(
     app.router.add_get("/v1/whitelist", hooks.list, allow_head=False)
     app.router.add_get("/v1/whitelist/{ip}", hooks.show, allow_head=False)
     app.router.add_delete("/v1/whitelist/{ip}", hooks.remove)
-    if settings.handoff_secret is not None:  # INTERFACE.md: the page is off without it
+    if settings.handoff_secret is not None:  # docs/interface.md: the page is off without it
         sessions = PageSessions(store, max_age=settings.session_max_age)
         page.install(app, settings, sessions, grants, resolver, clock=clock, metrics=metrics)
     return app

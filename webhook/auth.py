@@ -1,4 +1,4 @@
-"""The HMAC-SHA256 request signature of INTERFACE.md, checked without I/O.
+"""The HMAC-SHA256 request signature of docs/interface.md, checked without I/O.
 
 A request carries ``X-Timestamp`` (unix seconds), ``X-Nonce`` (16 to 64 characters of
 ``A-Z a-z 0-9 _ -``) and ``X-Signature: sha256=<hex>``, the HMAC-SHA256 with ``WEBHOOK_SECRET``
@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
+import time
 from dataclasses import dataclass
 
-# INTERFACE.md: a timestamp more than 300 s from now is refused. Five minutes absorbs ordinary
+# docs/interface.md: a timestamp more than 300 s from now is refused. Five minutes absorbs ordinary
 # clock drift between the portal and this host without keeping a captured request useful for long.
 TIMESTAMP_WINDOW = 300
 
@@ -27,7 +29,7 @@ NONCE_TTL = 2 * TIMESTAMP_WINDOW
 # Unix seconds as decimal digits. Twelve digits reach far beyond any real clock and keep the
 # header short; a sign, a fraction or spaces are malformed rather than guessed at.
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
-# INTERFACE.md: 16 to 64 characters of A-Z a-z 0-9 _ -. 16 random characters from this alphabet
+# docs/interface.md: 16 to 64 characters of A-Z a-z 0-9 _ -. 16 random characters from this alphabet
 # are 96 bits, enough that two honest requests never collide; the alphabet is safe in a Redis key.
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 # SHA-256 is 32 bytes, 64 hex digits. Either case is accepted, as hex digests come in both.
@@ -55,7 +57,7 @@ class Signed:
 
 
 def signing_input(timestamp: str, nonce: str, method: str, path: str, body: bytes) -> bytes:
-    """The exact bytes the HMAC covers (INTERFACE.md's Webhook section)."""
+    """The exact bytes the HMAC covers (docs/interface.md's Webhook section)."""
     head = f"{timestamp}\n{nonce}\n{method.upper()}\n{path}\n".encode()
     return head + body
 
@@ -66,6 +68,28 @@ def sign(secret: str, timestamp: str, nonce: str, method: str, path: str, body: 
         secret.encode(), signing_input(timestamp, nonce, method, path, body), hashlib.sha256
     )
     return "sha256=" + mac.hexdigest()
+
+
+def signed_headers(
+    secret: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    timestamp: str | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """The three headers of a signed request, as the portal sends them: now, a fresh nonce.
+
+    ``path`` is the raw path without its query, as :func:`verify` is given it.
+    """
+    timestamp = timestamp or str(int(time.time()))
+    nonce = nonce or secrets.token_urlsafe(24)  # 32 characters of the nonce alphabet
+    return {
+        TIMESTAMP_HEADER: timestamp,
+        NONCE_HEADER: nonce,
+        SIGNATURE_HEADER: sign(secret, timestamp, nonce, method, path, body),
+    }
 
 
 def verify(

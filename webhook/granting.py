@@ -4,7 +4,7 @@ eligibility (``not_eligible``) → IP validity (``invalid_ip``) → allowed netw
 (``ip_not_allowed``) → registered name in DNS (``no_registered_name``, ``dns_timeout``,
 ``dns_error``) → the grant script (``too_many_grants``, or the grant). Each caller turns a
 :class:`Refused` into its own answer (JSON for the API, a page for people); :data:`STATUS` is
-the HTTP status INTERFACE.md gives each code. Redis failing raises ``StoreUnavailable`` as is.
+the HTTP status docs/interface.md gives each code. Redis failing raises ``StoreUnavailable`` as is.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 
 from ratelimit.grants import Grant, Grants, TooManyGrants
-from ratelimit.settings import Settings
 from webhook import rules
+from webhook.config import WebhookSettings
 from webhook.registered_name import DnsError, DnsTimeout, NoRegisteredName, RegisteredNameChecker
 
 STATUS = {
@@ -44,7 +44,7 @@ class Refused(Exception):
 
 
 async def grant_by_rules(
-    settings: Settings,
+    settings: WebhookSettings,
     resolver: RegisteredNameChecker,
     grants: Grants,
     *,

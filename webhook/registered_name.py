@@ -33,7 +33,7 @@ import dns.reversename
 from ratelimit.addresses import IPAddress
 
 if TYPE_CHECKING:
-    from ratelimit.settings import Settings
+    from webhook.config import WebhookSettings
 
 # The portal waits for our answer while a person waits for the portal: the whole check (PTR
 # plus forward lookups) gets this many seconds, after which the answer is 504 dns_timeout.
@@ -97,7 +97,7 @@ class RegisteredNameChecker:
             self._resolver = resolver
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RegisteredNameChecker:
+    def from_settings(cls, settings: WebhookSettings) -> RegisteredNameChecker:
         """The checker for ``REQUIRED_PTR_SUFFIX`` and ``DNS_SERVERS``."""
         return cls(settings.required_ptr_suffix, settings.dns_servers)
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Sequence
 
 from aiohttp import web
 
-from ratelimit.settings import ListenAddress
-from ratelimit.unix_socket import remove_stale_socket
+from ratelimit.listen import ListenAddress, bind_listeners, remove_stale_socket
 
 log = logging.getLogger(__name__)
 
-# INTERFACE.md: on SIGTERM the process exits within 5 s. aiohttp waits this long for requests
+# docs/interface.md: on SIGTERM the process exits within 5 s. aiohttp waits this long for requests
 # in flight to finish, then as long again for the cancelled ones to unwind before closing them:
 # at most 2 x 1.5 s, which leaves the rest of the 5 s for the policy server and Redis.
 SHUTDOWN_GRACE = 1.5
@@ -62,20 +62,21 @@ async def start_webhook(app: web.Application, addresses: Sequence[ListenAddress]
     app.on_cleanup.append(remove_sockets)
     await runner.setup()
     try:
-        for address in addresses:
-            site: web.BaseSite
-            if address.path is not None:
-                remove_stale_socket(address.path)
-                site = web.UnixSite(runner, address.path)
-                await site.start()
-                sockets.append(address.path)
-            else:
-                site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
-                await site.start()
-            log.info("webhook listening on %s", address)
+        bound = bind_listeners(addresses)
     except BaseException:
         await runner.cleanup()
         raise
+    sockets += [sock.getsockname() for sock in bound if sock.family == socket.AF_UNIX]
+    try:
+        for sock in bound:
+            await web.SockSite(runner, sock).start()
+    except BaseException:
+        for sock in bound:
+            sock.close()  # those not yet handed to a site; closing twice is harmless
+        await runner.cleanup()
+        raise
+    for address in addresses:
+        log.info("webhook listening on %s", address)
     return runner
 
 

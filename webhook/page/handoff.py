@@ -1,6 +1,6 @@
 """The hand-off from the login system: a signed, short-lived, single-use link.
 
-INTERFACE.md, "Self-service page": the login system sends a logged-in person to
+docs/interface.md, "Self-service page": the login system sends a logged-in person to
 ``/apply/handoff?user=U&role=R&status=S&ip=IP&ts=UNIX&sig=HEX``, where HEX is HMAC-SHA256 with
 ``HANDOFF_SECRET`` over ``user + "\\n" + role + "\\n" + status + "\\n" + ip + "\\n" + ts``.
 :func:`sign` and :func:`handoff_url` are the reference signer (``smtp-whitelist handoff-url``);

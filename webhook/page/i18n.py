@@ -21,7 +21,7 @@ DOMAIN = "messages"
 
 EN, ZH_TW = "en", "zh_TW"
 HTML_LANG = {EN: "en", ZH_TW: "zh-Hant-TW"}
-# ?lang= values (INTERFACE.md), and what each means.
+# ?lang= values (docs/interface.md), and what each means.
 QUERY_LANGS = {"en": EN, "zh-TW": ZH_TW}
 ENV_KEYS = {lang: web.AppKey(f"page_jinja2_{lang}", jinja2.Environment) for lang in HTML_LANG}
 # Accept-Language: a browser sends a handful of ranges; reading more is pointless work.

@@ -21,9 +21,9 @@ from typing import Any
 from ratelimit.store import Store
 from webhook.page.handoff import Handoff
 
-# A verification code is single-use and valid 5 minutes (INTERFACE.md).
+# A verification code is single-use and valid 5 minutes (docs/interface.md).
 CODE_TTL = 300
-# INTERFACE.md: five wrong codes end the session, so guessing a 5-digit code by trying
+# docs/interface.md: five wrong codes end the session, so guessing a 5-digit code by trying
 # (1 in 100,000 per try) needs a fresh hand-off from the login system every five tries.
 MAX_WRONG_CODES = 5
 # A session's key outlives SESSION_MAX_AGE by this much, so a person who comes back late is
@@ -32,7 +32,7 @@ KEEP_AFTER_MAX_AGE = 3600
 # 32 random bytes: a session id nobody can guess (OWASP asks for at least 64 bits of entropy).
 SESSION_ID_BYTES = 32
 
-# Portal-check codes (INTERFACE.md; the campus' own numbers).
+# Portal-check codes (docs/interface.md; the campus' own numbers).
 UNKNOWN, IDLE, TOO_OLD, NO_SESSION, NOT_ELIGIBLE = "-1", "-2", "-3", "-4", "-5"
 IP_MISMATCH = "ip_mismatch"
 
@@ -111,8 +111,7 @@ class PageSessions:
         Kept as long as the link could still be valid, so a replay is refused for its whole life.
         """
         key = f"{self._prefix}h:{handoff.sig}"
-        client = self.store.client
-        return bool(await self.store.call(lambda: client.set(key, b"1", nx=True, ex=ttl)))
+        return await self.store.set(key, b"1", nx=True, ex=ttl)
 
     async def create(self, handoff: Handoff, now: float) -> Session:
         """A new session for the person the hand-off names, at the hand-off's address."""
@@ -154,8 +153,7 @@ class PageSessions:
     async def load(self, session_id: str) -> Session | None:
         """The session of this id, or None when the store does not know it."""
         key = self._key("s", session_id)
-        client = self.store.client
-        raw = await self.store.call(lambda: client.hgetall(key))
+        raw = await self.store.hgetall(key)
         data = {_text(k): _text(v) for k, v in raw.items()}
         try:
             return Session(
@@ -206,8 +204,7 @@ class PageSessions:
     async def peek_code(self, session_id: str) -> str | None:
         """The current code without using it (to draw its image or speak it)."""
         code_key = self._key("c", session_id)
-        client = self.store.client
-        raw = await self.store.call(lambda: client.get(code_key))
+        raw = await self.store.get(code_key)
         return None if raw is None else _text(raw)
 
     async def count_wrong(self, session: Session) -> int:
@@ -228,5 +225,4 @@ class PageSessions:
     async def end(self, session_id: str) -> None:
         """Forget the session and its code."""
         keys = [self._key("s", session_id), self._key("c", session_id)]
-        client = self.store.client
-        await self.store.call(lambda: client.delete(*keys))
+        await self.store.delete(*keys)

@@ -1,6 +1,6 @@
 """The self-service page's routes: hand-off, the application form, its code, the result.
 
-INTERFACE.md, "Self-service page", is the contract; every answer is a page whose ``<main>``
+docs/interface.md, "Self-service page", is the contract; every answer is a page whose ``<main>``
 names its outcome in ``data-error``. The grant goes through the webhook's own rules
 (:mod:`webhook.rules`, :class:`~webhook.registered_name.RegisteredNameChecker`) in the
 webhook's order and through the same Redis script (:class:`ratelimit.grants.Grants`), audited
@@ -15,206 +15,46 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from pathlib import Path
-from typing import Any
 
-import aiohttp_jinja2
 from aiohttp import web
 from pydantic import ValidationError
 
 from ratelimit.addresses import IPAddress
 from ratelimit.grants import Grant, Grants
 from ratelimit.metrics import Metrics
-from ratelimit.settings import Settings
-from ratelimit.store import StoreUnavailable
 from webhook import granting, rules
+from webhook.config import WebhookSettings
 from webhook.models import GrantRequest
 from webhook.page import i18n
+from webhook.page.base import (
+    COOKIE,
+    COOKIE_PATH,
+    HEADERS,
+    NO_STORE,
+    SOURCE,
+    STATIC,
+    STATUS,
+    PageBase,
+    Refusal,
+    page_view,
+)
 from webhook.page.captcha import CaptchaRenderer
-from webhook.page.client_address import HEADER, client_address
 from webhook.page.handoff import CLOCK_SKEW, HandoffInvalid, verify
 from webhook.page.session import (
     IP_MISMATCH,
     MAX_WRONG_CODES,
-    NO_SESSION,
     NOT_ELIGIBLE,
     PageSessions,
     Session,
-    check,
     same,
 )
 from webhook.registered_name import DnsError, DnsTimeout, NoRegisteredName, RegisteredNameChecker
 
 log = logging.getLogger(__name__)
 
-SOURCE = "page"
-COOKIE = "swl_page"
-COOKIE_PATH = "/apply"
-STATIC = Path(__file__).parent / "static"
 
-# Nothing but our own stylesheet, image and audio: no script, no frame, no other origin.
-CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; media-src 'self'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-HEADERS = {
-    "Content-Security-Policy": CSP,
-    # The hand-off URL carries a signature: it must never leave in a Referer header.
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
-}
-# Pages and codes are personal: no browser or proxy cache may keep them.
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-# HTTP status of each outcome; the webhook's codes keep the webhook's statuses.
-STATUS = granting.STATUS | {
-    "handoff_expired": 403,
-    IP_MISMATCH: 403,
-    "-1": 403,
-    "-2": 403,
-    "-3": 403,
-    NO_SESSION: 403,
-    NOT_ELIGIBLE: 403,
-    "csrf_failed": 403,
-    "bad_request": 400,
-    "wrong_code": 403,  # only when the session ended; a first wrong code re-shows the form (200)
-    "store_unavailable": 503,
-}
-
-View = Callable[["PageViews", web.Request], Awaitable[web.StreamResponse]]
-
-
-class Refusal(Exception):
-    """An outcome other than success, shown as the error page for ``code``."""
-
-    def __init__(self, code: str, *, end_session: bool = False, **details: Any) -> None:
-        super().__init__(code)
-        self.code = code
-        self.end_session = end_session
-        self.details = details
-
-
-def _page_view(view: View) -> View:
-    """Turn refusals and store failures into pages, and set the page headers on everything."""
-
-    @functools.wraps(view)
-    async def wrapper(self: PageViews, request: web.Request) -> web.StreamResponse:
-        try:
-            response = await view(self, request)
-        except Refusal as refusal:
-            response = self.error_page(request, refusal)
-        except StoreUnavailable as error:
-            log.warning("page %s %s: Redis unavailable (%s)", request.method, request.path, error)
-            response = self.error_page(request, Refusal("store_unavailable"))
-        response.headers.update(HEADERS)
-        if "Cache-Control" not in response.headers:
-            response.headers.update(NO_STORE)
-        return response
-
-    return wrapper
-
-
-class PageViews:
+class PageViews(PageBase):
     """The page's handlers, holding the dependencies :func:`install` was given."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        sessions: PageSessions,
-        grants: Grants,
-        resolver: RegisteredNameChecker,
-        captcha: CaptchaRenderer,
-        clock: Callable[[], float] = time.time,
-        metrics: Metrics | None = None,
-    ) -> None:
-        if settings.handoff_secret is None:
-            raise ValueError("SMTP_WHITELIST_HANDOFF_SECRET is required for the page")
-        self._secret = settings.handoff_secret.get_secret_value()
-        self.settings = settings
-        self.sessions = sessions
-        self.grants = grants
-        self.resolver = resolver
-        self.captcha = captcha
-        self.clock = clock
-        self.metrics = metrics
-        # Secure when the public URL is https: the cookie then never travels over plain HTTP.
-        self.secure_cookie = settings.page_url.startswith("https://")
-
-    # -- helpers ----------------------------------------------------------------------------
-
-    def _count_grant(self, outcome: str) -> None:
-        if self.metrics is not None:
-            self.metrics.grants.labels(SOURCE, outcome).inc()
-
-    def client_ip(self, request: web.Request) -> IPAddress | None:
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        host = peer[0] if isinstance(peer, tuple) and peer else None
-        return client_address(
-            host, request.headers.getall(HEADER, []), self.settings.trusted_proxies
-        )
-
-    def render(
-        self, request: web.Request, template: str, context: dict[str, Any], status: int = 200
-    ) -> web.Response:
-        lang = i18n.choose(request)
-        return aiohttp_jinja2.render_template(
-            template,
-            request,
-            {
-                "lang": lang,
-                "html_lang": i18n.HTML_LANG[lang],
-                # Links and the form keep a language chosen with ?lang=.
-                "lang_query": i18n.query_suffix(request),
-                **context,
-            },
-            app_key=i18n.ENV_KEYS[lang],
-            status=status,
-        )
-
-    def error_page(self, request: web.Request, refusal: Refusal) -> web.Response:
-        response = self.render(
-            request,
-            "error.html",
-            {
-                "code": refusal.code,
-                "handoff_minutes": -(-self.settings.handoff_max_age // 60),
-                **refusal.details,
-            },
-            STATUS.get(refusal.code, 400),
-        )
-        if refusal.code == "store_unavailable":
-            response.headers["Retry-After"] = "5"
-        if refusal.end_session:
-            response.del_cookie(COOKIE, path=COOKIE_PATH)
-        return response
-
-    async def session(self, request: web.Request) -> tuple[Session, IPAddress]:
-        """The request's valid session and address, or the portal-check refusal."""
-        session_id = request.cookies.get(COOKIE)
-        if not session_id:
-            raise Refusal(NO_SESSION)
-        ip = self.client_ip(request)
-        if ip is None:
-            raise Refusal(IP_MISMATCH, client="?")
-        session = await self.sessions.load(session_id)
-        problem = check(
-            session,
-            now=self.clock(),
-            idle=self.settings.session_idle,
-            max_age=self.settings.session_max_age,
-            client_ip=str(ip),
-            eligible=self.settings.eligible,
-        )
-        if problem is not None:
-            user = session.user if session else "-"
-            log.info("page refused user=%s client=%s: portal check %s", user, ip, problem)
-            ended = problem != IP_MISMATCH
-            if ended and session is not None:
-                await self.sessions.end(session.id)
-            raise Refusal(problem, end_session=ended, client=str(ip))
-        assert session is not None  # check() said so
-        return session, ip
 
     async def form(
         self, request: web.Request, session: Session, ip: IPAddress, error: str = "none"
@@ -253,7 +93,7 @@ class PageViews:
 
     # -- routes -----------------------------------------------------------------------------
 
-    @_page_view
+    @page_view
     async def handoff(self, request: web.Request) -> web.StreamResponse:
         """``GET /apply/handoff``: check the link, bind a new session to this address."""
         ip = self.client_ip(request)
@@ -294,13 +134,13 @@ class PageViews:
         )
         return response
 
-    @_page_view
+    @page_view
     async def show(self, request: web.Request) -> web.StreamResponse:
         """``GET /apply``: who, which address, its name and grant, a code, and "Yes"."""
         session, ip = await self.session(request)
         return await self.form(request, session, ip)
 
-    @_page_view
+    @page_view
     async def submit(self, request: web.Request) -> web.StreamResponse:
         """``POST /apply``: check the form and the code, then the webhook's rules; grant."""
         session, ip = await self.session(request)
@@ -381,17 +221,17 @@ class PageViews:
             return web.Response(status=404, text="no current code; reload the page")
         return web.Response(body=await render(code), content_type=content_type)
 
-    @_page_view
+    @page_view
     async def captcha_png(self, request: web.Request) -> web.StreamResponse:
         """``GET /apply/captcha.png``: the current code, drawn."""
         return await self._captcha(request, self.captcha.png, "image/png")
 
-    @_page_view
+    @page_view
     async def captcha_wav(self, request: web.Request) -> web.StreamResponse:
         """``GET /apply/captcha.wav``: the current code, spoken."""
         return await self._captcha(request, self.captcha.wav, "audio/wav")
 
-    @_page_view
+    @page_view
     async def stylesheet(self, request: web.Request) -> web.StreamResponse:
         """``GET /apply/style.css``: not personal, so it may be cached."""
         return web.Response(
@@ -412,7 +252,7 @@ def _local(moment: datetime) -> datetime:
 
 def install(
     app: web.Application,
-    settings: Settings,
+    settings: WebhookSettings,
     sessions: PageSessions,
     grants: Grants,
     resolver: RegisteredNameChecker,
@@ -433,3 +273,17 @@ def install(
     app.router.add_get("/apply/captcha.wav", views.captcha_wav, allow_head=False)
     app.router.add_get("/apply/style.css", views.stylesheet, allow_head=False)
     return views
+
+
+# Importers name these as the page's (tests read the cookie's name).
+__all__ = [
+    "COOKIE",
+    "COOKIE_PATH",
+    "HEADERS",
+    "NO_STORE",
+    "SOURCE",
+    "STATUS",
+    "PageViews",
+    "Refusal",
+    "install",
+]

@@ -1,23 +1,21 @@
 """SIGHUP: apply every setting that can change in a running process, name each that cannot.
 
 The policy decision's own settings (limits, prefixes, exemptions, replies, mode, scope) are
-applied by the caller, which holds those objects. This module applies the rest that can be
-applied without dropping a connection (connection limits, logging, the webhook's rules and
-secret) and logs, by its environment name, every changed setting that needs a restart.
+applied by the service, the connection limits and the webhook's rules and secret by the running
+components (smtp_whitelist.components). This module applies the log settings and logs, by its
+environment name, every changed setting that needs a restart.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from policyd import logs
-from policyd.server import ConnectionLimits, PolicyServer
-from ratelimit.settings import ENV_PREFIX, Settings
+from smtp_whitelist.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger("policyd")
 
-# Applied to the policy decision by the caller (policyd.cli.serve).
+# Applied to the policy decision by the caller (smtp_whitelist.service).
 DECISION_SETTINGS = frozenset(
     {
         "message_limits", "recipient_limits", "ipv4_prefix", "ipv6_prefix", "exempt_networks",
@@ -43,28 +41,22 @@ PAGE_SETTINGS = frozenset(
 
 
 def apply_reload(
-    running: Settings,
-    new: Settings,
-    *,
-    server: PolicyServer | None,
-    webhook: Any | None,
+    running: Settings, new: Settings, *, applied: frozenset[str], policy: bool, webhook: bool
 ) -> Settings:
-    """Apply ``new`` where possible; the settings now in force (restart-only ones unchanged).
+    """Apply the log settings of ``new``, name the rest; the settings now in force.
 
-    ``webhook`` is the running webhook's :class:`webhook.app.Webhook` (None without one).
+    ``applied`` names what the running components took (smtp_whitelist.components); ``policy``
+    and ``webhook`` say which servers run: the settings of one that does not matter to nobody.
+    Restart-only settings keep their running values in what is returned.
     """
     changed = {
         name for name in type(new).model_fields if getattr(new, name) != getattr(running, name)
     }
-    applied = set(DECISION_SETTINGS)
-    # Settings of a part this process does not run matter to nobody here.
+    applied = applied | DECISION_SETTINGS
     unused: set[str] = set()
-    if server is not None:
-        server.limits = ConnectionLimits(new.max_connections, new.idle_timeout, new.request_timeout)
-        applied |= CONNECTION_SETTINGS
-    else:
+    if not policy:
         unused |= CONNECTION_SETTINGS | {"policy_listen"}
-    if webhook is None:
+    if not webhook:
         unused |= WEBHOOK_SETTINGS | PAGE_SETTINGS | {"webhook_listen"}
     if changed & LOG_SETTINGS:
         problem = None
@@ -73,12 +65,9 @@ def apply_reload(
         except OSError as error:
             problem = error
         if problem is None:
-            applied |= LOG_SETTINGS
+            applied = applied | LOG_SETTINGS
         else:
             log.error("SIGHUP: SYSLOG_FACILITY: cannot reach %s (%s)", logs.SYSLOG_SOCKET, problem)
-    if webhook is not None and new.webhook_secret is not None:
-        webhook.reconfigure(new)
-        applied |= WEBHOOK_SETTINGS
     log.info(
         "SIGHUP: settings reloaded: message limits %s, recipient limits %s, exempt %s,"
         " limited %s, MODE=%s; changed: %s",

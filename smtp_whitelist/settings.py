@@ -1,58 +1,44 @@
 """Every setting of the service, read once at start-up (and again on SIGHUP).
 
-The settings live here because ``ratelimit`` is the one package that both servers and the CLI
-already depend on. Values come from the environment (prefix ``SMTP_WHITELIST_``) or an env file;
-a bad value becomes one plain line naming the setting (:func:`load_settings`).
+The settings belong to the application (``smtp_whitelist``), which hands each part only what it
+reads: the parts type that as a small Protocol of their own, never this class. Values come from
+the environment (prefix ``SMTP_WHITELIST_``) or an env file (docs/interface.md, "Settings"); a bad
+value becomes one plain line naming the setting (:func:`load_settings`).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ratelimit.actions import check_action
 from ratelimit.addresses import IPNetwork, parse_networks
 from ratelimit.connections import parse_redis_url
-from ratelimit.env_file import env_file_problems
+from ratelimit.grant_rules import MAX_WHITELIST_TTL
 from ratelimit.limits import Limit, parse_limits
-
-ENV_PREFIX = "SMTP_WHITELIST_"
+from ratelimit.listen import ListenAddress, parse_listen
+from smtp_whitelist.env_file import (
+    ENV_PREFIX,
+    env_file_problems,
+    forget_inherited_copies,
+    unknown_names,
+)
+from smtp_whitelist.values import (
+    DEFAULT_LIMIT_REPLY,
+    DEFAULT_TOO_BIG_REPLY,
+    SYSLOG_FACILITIES,
+    check_action,
+    check_template,
+    parse_dns_servers,
+    parse_eligible,
+)
 
 # HMAC-SHA256 keys shorter than this are guessable by brute force; 32 random characters carry
 # well over the 128 bits the campus portal needs.
 MIN_SECRET_LENGTH = 32
-
-DEFAULT_LIMIT_REPLY = (
-    "450 4.7.1 Too much mail from {ip}: the limit is {limit} per {window}."
-    " To send more for the next 60 minutes, register this computer at the campus portal"
-    " (SMTP White IP List)."
-)
-
-# One message with more recipients than a recipient limit allows can never pass, however long the
-# client waits: the answer is permanent, so the client bounces it instead of retrying for days.
-DEFAULT_TOO_BIG_REPLY = (
-    "550 5.7.1 Too many recipients in one message from {ip}: the limit is {limit} per {window},"
-    " so this message can never be sent as it is. Send it to fewer recipients at a time."
-)
-
-# syslog facilities SYSLOG_FACILITY may name (RFC 5424 6.2.1; "mail" puts the lines beside
-# Postfix's own).
-SYSLOG_FACILITIES = frozenset(
-    {"mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5",
-     "local6", "local7"}
-)  # fmt: skip
-
-# The longest grant, by WHITELIST_TTL or `add --ttl`: a week covers any operator's override,
-# and a longer one is a typo (and beyond what Redis takes as an expiry in ms, an error).
-MAX_WHITELIST_TTL = 7 * 86400
 
 _KEY_PREFIX = re.compile(r"^[A-Za-z0-9_:.\-]{1,32}$")
 
@@ -65,90 +51,8 @@ class SettingsError(Exception):
         self.lines = lines
 
 
-@dataclass(frozen=True, slots=True)
-class ListenAddress:
-    """One address to listen on: TCP ``host:port``/``[v6]:port`` or ``unix:/path``."""
-
-    host: str | None
-    port: int | None
-    path: str | None
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        if self.host is not None and ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-
-def parse_listen(text: str) -> tuple[ListenAddress, ...]:
-    """Parse ``127.0.0.1:10031,[::1]:10031,unix:/run/x.sock``. Raises ValueError."""
-    found: list[ListenAddress] = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item.startswith("unix:"):
-            path = item[len("unix:") :]
-            if not path.startswith("/"):
-                raise ValueError(f"{item!r}: a UNIX socket path must be absolute")
-            found.append(ListenAddress(None, None, path))
-            continue
-        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})", item)
-        if match is None:
-            raise ValueError(f"{item!r} is not host:port, [v6addr]:port or unix:/path")
-        host = match.group(1) or match.group(3)
-        port = int(match.group(2) or match.group(4))
-        if match.group(1):
-            try:
-                ipaddress.IPv6Address(host)
-            except ValueError:
-                raise ValueError(f"{item!r}: {host!r} is not an IPv6 address") from None
-        if not 0 < port < 65536:
-            raise ValueError(f"{item!r}: port must be 1 to 65535")
-        found.append(ListenAddress(host, port, None))
-    if not found:
-        raise ValueError("at least one address is needed")
-    return tuple(found)
-
-
-def _parse_eligible(text: str) -> frozenset[tuple[str, str]]:
-    pairs: set[tuple[str, str]] = set()
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        role, sep, status = item.partition(":")
-        if not sep or not role.strip() or not status.strip():
-            raise ValueError(f"{item!r} is not role:status")
-        pairs.add((role.strip(), status.strip()))
-    return frozenset(pairs)
-
-
-def _check_action(value: str, name: str) -> str:
-    # A Postfix policy reply is one line: a newline would end the reply and start another.
-    if not value.strip():
-        raise ValueError(f"{name} must not be empty")
-    if any(ch in value for ch in "\r\n\0"):
-        raise ValueError(f"{name} must be one line")
-    value = value.strip()
-    check_action(value)
-    return value
-
-
-def _check_template(value: str) -> str:
-    """A reply template may fill in {ip}, {limit}, {window} and {page} (PAGE_URL), no more."""
-    try:
-        value.format(ip="192.0.2.1", limit="100 messages", window="1h", page="https://x/apply")
-    except (KeyError, IndexError, ValueError) as error:
-        raise ValueError(
-            f"only {{ip}}, {{limit}}, {{window}} and {{page}} may be filled in ({error!s})"
-        ) from None
-    return value
-
-
 class Settings(BaseSettings):
-    """The settings of INTERFACE.md, validated; field names are the names without the prefix."""
+    """The settings of docs/interface.md, validated; field names are the names without prefix."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -179,7 +83,7 @@ class Settings(BaseSettings):
     allowed_networks: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
     required_ptr_suffix: str = ""
     dns_servers: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
-    eligible: Annotated[frozenset[tuple[str, str]], NoDecode] = _parse_eligible(
+    eligible: Annotated[frozenset[tuple[str, str]], NoDecode] = parse_eligible(
         "staff:normal,student:normal,student:resumption"
     )
     max_grants_per_user: int = Field(3, ge=1, le=1000)
@@ -246,36 +150,19 @@ class Settings(BaseSettings):
     @field_validator("eligible", mode="before")
     @classmethod
     def _eligible(cls, value: object) -> object:
-        return _parse_eligible(value) if isinstance(value, str) else value
+        return parse_eligible(value) if isinstance(value, str) else value
 
     @field_validator("dns_servers", mode="before")
     @classmethod
     def _dns_servers(cls, value: object) -> object:
         if not isinstance(value, str):
             return value
-        servers: list[tuple[str, int]] = []
-        for item in value.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            host, port = item, 53
-            match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([0-9.]+):([0-9]{1,5})", item)
-            if match:
-                host = match.group(1) or match.group(3)
-                port = int(match.group(2) or match.group(4))
-            try:
-                ipaddress.ip_address(host)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP address (with an optional port)") from None
-            if not 0 < port < 65536:
-                raise ValueError(f"{item!r}: port must be 1 to 65535")
-            servers.append((host, port))
-        return tuple(servers)
+        return parse_dns_servers(value)
 
     @field_validator("handoff_secret", mode="before")
     @classmethod
     def _empty_is_off(cls, value: object) -> object:
-        # INTERFACE.md: an empty HANDOFF_SECRET turns the page off rather than being too short.
+        # docs/interface.md: an empty HANDOFF_SECRET turns the page off rather than being too short.
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("page_url")
@@ -306,12 +193,12 @@ class Settings(BaseSettings):
     @field_validator("limit_reply")
     @classmethod
     def _limit_reply(cls, value: str) -> str:
-        return _check_template(_check_action(value, "the reply"))
+        return check_template(check_action(value, "the reply"))
 
     @field_validator("too_big_reply")
     @classmethod
     def _too_big_reply(cls, value: str) -> str:
-        value = _check_template(_check_action(value, "the reply"))
+        value = check_template(check_action(value, "the reply"))
         # Permanent on purpose: a 4xx would make the client retry a message that cannot pass.
         if not value.startswith("5"):
             raise ValueError("must be a permanent reply: a 5xx code and a text (550 5.7.1 ...)")
@@ -335,7 +222,7 @@ class Settings(BaseSettings):
     @field_validator("on_store_error")
     @classmethod
     def _on_store_error(cls, value: str) -> str:
-        return _check_action(value, "the action")
+        return check_action(value, "the action")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -378,7 +265,8 @@ def load_settings(env_file: Path | None) -> Settings:
             raise SettingsError([f"--env-file {env_file}: {error.strerror}"]) from None
         if problems:
             raise SettingsError(problems)
-    lines = _unknown_names(env_file)
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    lines = unknown_names(env_file, known)
     try:
         settings = Settings(_env_file=env_file)
     except ValidationError as error:
@@ -394,32 +282,15 @@ def load_settings(env_file: Path | None) -> Settings:
     return settings
 
 
-def forget_inherited_copies(env_file: Path) -> list[str]:
-    """Drop environment variables that merely repeat the env file; return their names.
-
-    systemd's ``EnvironmentFile=`` copies the file into the environment once, at start, and the
-    environment takes precedence over the file. Without this, a SIGHUP after editing the file
-    would re-read it and still see the old values. A variable set to a *different* value (an
-    operator's deliberate override, e.g. ``Environment=``) is kept and still wins.
-    """
-    dropped = []
-    for name, value in dotenv_values(env_file).items():
-        if value is not None and os.environ.get(name) == value:
-            del os.environ[name]
-            dropped.append(name)
-    return dropped
-
-
-# Names with our prefix that are not settings but are ours all the same.
-_NOT_SETTINGS = {ENV_PREFIX + "ENV_FILE"}
-
-
-def _unknown_names(env_file: Path | None) -> list[str]:
-    """A misspelt setting would otherwise be ignored in silence and the default used."""
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | _NOT_SETTINGS
-    names = {name.upper() for name in os.environ if name.upper().startswith(ENV_PREFIX)}
-    if env_file is not None:
-        names |= {
-            name.upper() for name in dotenv_values(env_file) if name.upper().startswith(ENV_PREFIX)
-        }
-    return [f"{name}: unknown setting" for name in sorted(names - known)]
+# Importers name these as the settings' own (the env file's reading lives in env_file.py).
+__all__ = [
+    "DEFAULT_LIMIT_REPLY",
+    "DEFAULT_TOO_BIG_REPLY",
+    "ENV_PREFIX",
+    "MIN_SECRET_LENGTH",
+    "SYSLOG_FACILITIES",
+    "Settings",
+    "SettingsError",
+    "forget_inherited_copies",
+    "load_settings",
+]

@@ -1,0 +1,206 @@
+"""Decisions batched onto one Redis round trip: packed by hiredis, sent while the last is out.
+
+The policy server's hot path (:meth:`ratelimit.store.Store.run_script_batched`). Each script
+still runs atomically on its own; a batch only shares the network and syscall cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from ratelimit.breaker import CircuitBreaker
+from ratelimit.errors import StoreError, StoreUnavailable, describe
+from ratelimit.node_calls import execute_on_nodes, roundtrip
+from ratelimit.scripts import Script
+
+log = logging.getLogger("ratelimit.store")
+
+_Pending = tuple[Script, list[str], list[Any], "asyncio.Future[Any]"]
+
+# A kept connection that Redis has closed (its idle `timeout`, a restart, a NAT or firewall that
+# forgets idle flows) is only found out when a command is written on it, and says nothing about
+# Redis itself. Such a call is tried once more, on a fresh connection, within the same
+# STORE_TIMEOUT. A timeout is never retried: Redis is slow or gone, and the deadline is spent.
+STALE_CONNECTION_ERRORS = (RedisConnectionError, ConnectionError)
+
+
+class _Stale(Exception):
+    """A batch failed on a connection that had served before, with no reply read from it."""
+
+
+class Batcher:
+    """The batches of one store: one round trip at a time, on a connection kept between them."""
+
+    def __init__(
+        self, client: aioredis.Redis | RedisCluster, timeout: float, breaker: CircuitBreaker
+    ) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.breaker = breaker
+        self._batch: list[_Pending] = []
+        self._batch_since = 0.0  # loop time the oldest decision of the next batch arrived
+        self._flusher: asyncio.Task[None] | None = None
+        self._connection: Any = None  # the flusher's own connection, kept between batches
+        self._slot_reloader: asyncio.Task[None] | None = None  # cluster only
+
+    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Like :meth:`Store.run_script`, but calls made together share one round trip: those of one
+        event-loop turn, and those that arrive while the previous round trip is out.
+
+        Each script still runs atomically on its own; the batch only saves the network and
+        syscall cost that would otherwise be paid once per decision. The batch's own deadline
+        (in :meth:`_flush`) bounds every caller's wait, so no timer is armed per call; a caller
+        that is cancelled cancels its future, which the flush then skips.
+        """
+        self.breaker.check()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._batch:
+            self._batch_since = loop.time()
+        self._batch.append((script, keys, args, future))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush_while_pending())
+        return await future
+
+    async def _flush_while_pending(self) -> None:
+        """One round trip at a time: what arrives while a batch is out goes in the next one.
+
+        Every decision that comes in during a round trip rides on the next, so under load the
+        batches grow by themselves and the syscalls per decision shrink; when idle, a decision
+        waits for nothing but its own round trip.
+        """
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                # STORE_TIMEOUT counts from the arrival of the batch's oldest decision, time
+                # spent waiting behind the previous round trip included.
+                await self._flush(batch, self._batch_since + self.timeout)
+        finally:
+            self._flusher = None
+
+    async def _flush(self, batch: list[_Pending], deadline: float) -> None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                try:
+                    results = await self._execute(batch)
+                except _Stale as stale:
+                    log.debug("Redis connection found closed (%s); trying once more", stale)
+                    results = await self._execute(batch)
+                missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                if missing:
+                    # Redis restarted and lost its script cache: load once, run those again.
+                    for script in {batch[i][0] for i in missing}:
+                        await self.client.script_load(script.source)
+                    again = await self._execute([batch[i] for i in missing])
+                    for i, result in zip(missing, again, strict=True):
+                        results[i] = result
+        except (RedisError, OSError, TimeoutError) as error:
+            # One failed round trip is one failure, however many decisions rode on it.
+            self.breaker.failed(describe(error))
+            failure = StoreUnavailable(describe(error))
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            return
+        except BaseException:
+            for *_, future in batch:
+                future.cancel()
+            raise
+        self.breaker.succeeded()
+        for (*_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, ResponseError):
+                future.set_exception(StoreError(f"Redis answered an error: {describe(result)}"))
+            elif isinstance(result, Exception):  # on a cluster: the node of this decision failed
+                future.set_exception(StoreUnavailable(describe(result)))
+            else:
+                future.set_result(result)
+
+    async def _execute(self, batch: list[_Pending]) -> list[Any]:
+        """The whole batch in one write on one pooled connection, then its replies in order.
+
+        Packed by hiredis (C) and written on a connection from redis-py's pool, without redis-py's
+        Pipeline: its per-command bookkeeping and pure-Python packing cost more than all the rest
+        of a decision (profiled, BENCHMARKS.md). An error reply (NOSCRIPT after a Redis restart)
+        is a result, so the caller can retry just those.
+        """
+        if isinstance(self.client, RedisCluster):
+            return await self._execute_on_cluster(batch)
+        pool = self.client.connection_pool
+        connection = self._connection
+        kept = connection is not None
+        if connection is None:
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+            # The batch's own deadline bounds every read (the pool sets no socket timeout).
+            self._connection = connection
+        results: list[Any] = []
+        try:
+            await roundtrip(
+                connection,
+                [
+                    ("EVALSHA", script.sha, len(keys), *keys, *args)
+                    for script, keys, args, _ in batch
+                ],
+                results,
+            )
+        except BaseException as error:
+            # Replies may still be on their way: this connection can never be trusted again.
+            self._connection = None
+            await connection.disconnect(nowait=True)
+            await pool.release(connection)
+            if kept and not results and isinstance(error, STALE_CONNECTION_ERRORS):
+                # Found closed before any reply: the connection died while idle (before the batch
+                # reached a running Redis), so a second try cannot count a message twice.
+                raise _Stale(describe(error)) from error
+            raise
+        return results
+
+    async def _execute_on_cluster(self, batch: list[_Pending]) -> list[Any]:
+        """A batch on a cluster: each decision's keys share one slot (KeyLayout's hash tags);
+        the decisions for each node go in one write, all nodes at once."""
+        client = self.client
+        if not isinstance(client, RedisCluster):  # pragma: no cover - only called for a cluster
+            raise TypeError("not a cluster client")
+        replies = await execute_on_nodes(
+            client,
+            [
+                (keys[0], ("EVALSHA", script.sha, len(keys), *keys, *args))
+                for script, keys, args, _ in batch
+            ],
+        )
+        failed = [
+            r for r in replies if isinstance(r, RedisConnectionError | OSError | TimeoutError)
+        ]
+        if failed and (self._slot_reloader is None or self._slot_reloader.done()):
+            self._slot_reloader = asyncio.get_running_loop().create_task(self._reload_slots())
+        if failed and len(failed) == len(replies):
+            raise failed[0]  # every node failed: one failure for the breaker
+        return replies
+
+    async def _reload_slots(self) -> None:
+        """After a node failed: reload the slot map (a replica may have been promoted), then
+        pause a probe interval, so a long failover reloads it twice a second, not per batch."""
+        if not isinstance(self.client, RedisCluster):  # pragma: no cover - cluster only
+            return
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(self.timeout):
+                await self.client.nodes_manager.initialize()
+        await asyncio.sleep(self.breaker.interval)
+
+    async def aclose(self) -> None:
+        if self._connection is not None and not isinstance(self.client, RedisCluster):
+            await self.client.connection_pool.release(self._connection)
+            self._connection = None
+        if self._slot_reloader is not None:
+            self._slot_reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._slot_reloader
