@@ -140,7 +140,16 @@ def _env_file(option: Path | None) -> Path | None:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """The console script."""
-    sys.exit(run(argv))
+    try:
+        status = run(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`smtp-whitelist list | head`): not an error worth a traceback.
+        # Point stdout at /dev/null so the interpreter's own flush at exit cannot fail again
+        # (the recipe of Python's signal module documentation, "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = EXIT_FAILED
+    sys.exit(status)
 
 
 def run(argv: list[str] | None = None) -> int:

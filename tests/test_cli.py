@@ -7,6 +7,8 @@ exit statuses are INTERFACE.md's (0 done, 1 failed, 2 bad usage or settings, 3 R
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from ratelimit.addresses import parse_ip
 from ratelimit.grants import Grants
 from ratelimit.store import KeyLayout, Store
 from tests.support import (
+    SMTP_WHITELIST,
     PolicyClient,
     PolicydProcess,
     RedisServer,
@@ -295,3 +298,24 @@ async def test_query(env: dict[str, str], redis_server: RedisServer, tmp_path: P
     bad = await run_cli_async("query", IP, "--server", "nowhere", env=env)
     assert bad.returncode == 2
     assert_one_plain_line(bad.stderr, "--server")
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(env: dict[str, str]) -> None:
+    """`smtp-whitelist check | head -1`: the pipe closes before the output is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE, as after `head` has exited
+    try:
+        result = subprocess.run(
+            [SMTP_WHITELIST, "check"],
+            env=env,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == ""
+    assert result.returncode == 1
