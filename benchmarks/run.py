@@ -33,6 +33,7 @@ from pathlib import Path
 import redis
 
 from benchmarks.loadgen import LoadResult, client_ips, run_load, run_load_processes
+from benchmarks.openloop import run_open_loop
 from ratelimit.limiter import LimitConfig, Limiter
 from ratelimit.limits import Limit
 from ratelimit.store import KeyLayout, Store
@@ -185,6 +186,47 @@ def measure(
     )
     server = sum(cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True))
     return Round(result, server, cpu_seconds(redis_pid) - redis_before, max(map(rss_mb, pids)))
+
+
+def open_loop_table(
+    rates: Sequence[float],
+    duration: float,
+    null: tuple[int, int],
+    ours: tuple[int, int],
+    redis_pid: int,
+) -> list[str]:
+    """Latency at fixed offered rates (benchmarks.openloop), null and ours in turn per rate:
+    percentiles counted from each request's due time, the longest answer, and CPU per decision
+    (the server's, and the server's plus Redis') as ratios to the null server's."""
+    lines = [
+        f"open loop: 20 connections, 10,000 client IPs, DATA, {duration:.0f} s per rate;"
+        " latency from the due time",
+        "| rate/s | server | p50 ms | p99 ms | p99.9 ms | max ms | CPU us/req | +Redis us/req |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rate in rates:
+        measured = {}
+        for name, (port, pid) in (("null", null), ("ours", ours)):
+            before, redis_before = cpu_seconds(pid), cpu_seconds(redis_pid)
+            result = run_open_loop(HOST, port, rate=rate, duration=duration)
+            answered = max(result.load.requests, 1)
+            cpu = 1e6 * (cpu_seconds(pid) - before) / answered
+            both = cpu + 1e6 * (cpu_seconds(redis_pid) - redis_before) / answered
+            measured[name] = (result, cpu, both)
+            lines.append(
+                f"| {rate:,.0f} | {name} | {result.percentile(50):.3f} |"
+                f" {result.percentile(99):.3f} | {result.percentile(99.9):.3f} |"
+                f" {result.longest_ms:.3f} | {cpu:.1f} | {both:.1f} |"
+            )
+        (n, n_cpu, _), (o, o_cpu, o_both) = measured["null"], measured["ours"]
+        lines.append(
+            f"| {rate:,.0f} | ratio | {o.percentile(50) / n.percentile(50):.2f}x |"
+            f" {o.percentile(99) / n.percentile(99):.2f}x |"
+            f" {o.percentile(99.9) / n.percentile(99.9):.2f}x |"
+            f" {o.longest_ms / n.longest_ms:.2f}x | {o_cpu / n_cpu:.2f}x |"
+            f" {o_both / n_cpu:.2f}x |"
+        )
+    return lines
 
 
 def median_round(rounds: list[Round]) -> Round:
@@ -376,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-connections", type=int, default=1000)
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument(
+        "--open-rates",
+        default="1000,3000,6000",
+        help="requests/s offered in the open-loop runs (comma-separated; empty: none)",
+    )
+    parser.add_argument("--open-duration", type=float, default=10.0, help="seconds per rate")
+    parser.add_argument(
         "--metrics", action="store_true", help="policyd counts metrics (METRICS_LISTEN set)"
     )
     args = parser.parse_args(argv)
@@ -431,6 +479,15 @@ def main(argv: list[str] | None = None) -> int:
             say()
             for line in table(median_round(null_rounds), median_round(our_rounds)):
                 say(line)
+
+            rates = [float(r) for r in args.open_rates.split(",") if r.strip()]
+            if rates:
+                say()
+                for line in open_loop_table(
+                    rates, args.open_duration, (null_port, null_pid), (ours_port, ours_pid),
+                    redis_pid,
+                ):  # fmt: skip
+                    say(line)
 
             say()
             per_ip, keys, took = memory_per_ip(
