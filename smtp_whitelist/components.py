@@ -9,9 +9,7 @@ so :mod:`smtp_whitelist.reload` can name every changed setting that needs a rest
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Protocol
 
 from policyd.metrics_http import MetricsServer
 from ratelimit.metrics import Metrics
@@ -19,8 +17,9 @@ from ratelimit.store import Store
 from smtp_whitelist.reload import CONNECTION_SETTINGS, WEBHOOK_SETTINGS
 from smtp_whitelist.settings import Settings
 from smtp_whitelist.wiring import Policy, connection_limits
-from webhook.app import WEBHOOK
-from webhook.serve import start_webhook
+
+if TYPE_CHECKING:  # a policyd-only process never loads aiohttp, the page and their templates
+    from aiohttp import web
 
 
 class Component(Protocol):
@@ -63,6 +62,8 @@ class WebhookComponent:
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
+        from webhook.serve import start_webhook
+
         self.runner = await start_webhook(self.app, self.addresses)
 
     async def stop(self, grace: float) -> None:
@@ -75,6 +76,8 @@ class WebhookComponent:
     def reload(self, new: Settings) -> frozenset[str]:
         if new.webhook_secret is None:
             return frozenset()  # refused by the settings when the webhook runs; kept as it was
+        from webhook.app import WEBHOOK
+
         self.app[WEBHOOK].reconfigure(new)
         return WEBHOOK_SETTINGS
 

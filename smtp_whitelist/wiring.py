@@ -9,9 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from policyd.decision import PolicyDecider, StageObserver, StageReport
 from policyd.server import ConnectionLimits, PolicyServer
@@ -22,8 +20,11 @@ from ratelimit.metrics import Metrics
 from ratelimit.nonces import NonceLedger
 from ratelimit.store import Store
 from smtp_whitelist.settings import Settings
-from webhook.app import build_app
-from webhook.registered_name import RegisteredNameChecker
+
+if TYPE_CHECKING:  # imported by build_webhook when called: policyd alone needs none of it
+    from aiohttp import web
+
+    from webhook.registered_name import RegisteredNameChecker
 
 
 def smallest_counts(settings: Settings) -> tuple[int | None, int | None]:
@@ -88,6 +89,9 @@ def build_webhook(
     ``resolver`` and ``grants`` replace the ones the settings name (a test's silent DNS server);
     ``options`` go to :func:`webhook.app.build_app` (``max_in_flight``).
     """
+    from webhook.app import build_app
+    from webhook.registered_name import RegisteredNameChecker
+
     return build_app(
         settings,
         grants or Grants(store, settings),
