@@ -204,11 +204,6 @@ class Settings(BaseSettings):
             raise ValueError("must be a permanent reply: a 5xx code and a text (550 5.7.1 ...)")
         return value
 
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _mode(cls, value: object) -> object:
-        return value.strip().lower() if isinstance(value, str) else value
-
     @field_validator("syslog_facility", mode="before")
     @classmethod
     def _facility(cls, value: object) -> object:
@@ -229,7 +224,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", mode="before")
+    @field_validator("mode", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
