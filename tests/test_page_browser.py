@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import redis
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -100,22 +100,39 @@ def main_error(driver: WebDriver) -> str | None:
 
 
 def wait_for_page(driver: WebDriver, error: str, heading: str | None = None) -> None:
-    """Wait until the page shown is the one with ``data-error`` = ``error``."""
+    """Wait until the page shown is the one with ``data-error`` = ``error``.
+
+    The page is read in one script call, not through element handles: a navigation in flight
+    replaces the document between finding <main> and reading it, and Chromium then reports
+    the old node as stale or as "Node with given id does not belong to the document" (a plain
+    WebDriverException). Either way the next poll reads the new page; a wait that never sees
+    the page fails with the last such error in its message.
+    """
+    last_error: list[str] = []
 
     def shown(d: WebDriver) -> bool:
-        mains = d.find_elements(By.TAG_NAME, "main")
-        if not mains or mains[0].get_attribute("data-error") != error:
+        try:
+            seen = d.execute_script(
+                "const m = document.querySelector('main');"
+                "const h = document.querySelector('h1');"
+                "return [m ? m.getAttribute('data-error') : null, h ? h.innerText : ''];"
+            )
+        except WebDriverException as exc:  # navigation in flight; see above
+            last_error[:] = [exc.msg or type(exc).__name__]
             return False
-        return heading is None or heading in d.find_element(By.TAG_NAME, "h1").text
+        main_error_value, heading_text = seen
+        return main_error_value == error and (heading is None or heading in heading_text)
 
-    # The page may be replaced between finding <main> and reading it (a navigation in flight):
-    # that element is then stale, and the next poll reads the new page.
-    WebDriverWait(
-        driver,
-        WAIT,
-        poll_frequency=0.05,
-        ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
-    ).until(shown)
+    try:
+        WebDriverWait(driver, WAIT, poll_frequency=0.05).until(shown)
+    except TimeoutException:
+        seen = driver.execute_script(
+            "const m = document.querySelector('main'); return m && m.getAttribute('data-error');"
+        )
+        raise AssertionError(
+            f"page with data-error={error!r} (heading {heading!r}) never shown; "
+            f"last seen data-error={seen!r}, last error: {last_error or None}"
+        ) from None
 
 
 def screenshot(driver: WebDriver, name: str) -> None:
