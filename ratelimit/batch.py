@@ -1,7 +1,11 @@
-"""Decisions batched onto one Redis round trip: packed by hiredis, sent while the last is out.
+"""Decisions batched onto one Redis round trip and one script call: the policy server's hot path.
 
-The policy server's hot path (:meth:`ratelimit.store.Store.run_script_batched`). Each script
-still runs atomically on its own; a batch only shares the network and syscall cost.
+A batch script (lua/decide.lua) takes the keys and arguments of many calls after the
+arguments they share, and replies with one reply per call: one EVALSHA, one TIME and one
+script start per batch instead of per decision. The calls of a batch run in order, atomically
+as a whole, so each is as atomic as it was alone. On a Redis Cluster every call's keys share a
+hash tag, so the calls are grouped per slot, one script call per slot, and the groups for each
+node go in one write (:meth:`ratelimit.store.Store.run_batched`).
 """
 
 from __future__ import annotations
@@ -13,17 +17,65 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ratelimit.breaker import CircuitBreaker
 from ratelimit.errors import StoreError, StoreUnavailable, describe
-from ratelimit.node_calls import execute_on_nodes, roundtrip
+from ratelimit.node_calls import Command, execute_on_nodes, roundtrip
 from ratelimit.scripts import Script
 
 log = logging.getLogger("ratelimit.store")
 
-_Pending = tuple[Script, list[str], list[Any], "asyncio.Future[Any]"]
+# One call waiting for its batch: the script, the arguments its batch shares (the limits), its
+# own keys and arguments, and the future its reply goes to.
+_Pending = tuple[Script, list[Any], list[str], list[Any], "asyncio.Future[Any]"]
+
+
+class _ScriptCall:
+    """One EVALSHA of a batch script: the calls (indices into the batch) it carries."""
+
+    __slots__ = ("args", "calls", "keys", "route", "script", "shared")
+
+    def __init__(self, script: Script, shared: list[Any], route: str) -> None:
+        self.script = script
+        self.shared = shared
+        self.route = route  # a key of its slot: where a cluster sends it
+        self.calls: list[int] = []
+        self.keys: list[str] = []
+        self.args: list[Any] = []
+
+    def command(self) -> Command:
+        return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.shared, *self.args)
+
+
+def script_calls(batch: list[_Pending], *, per_slot: bool) -> list[_ScriptCall]:
+    """The batch as few script calls as it can be: one per script and shared arguments (a SIGHUP
+    may change the limits between two calls of one batch), and on a cluster one per slot too."""
+    calls: dict[tuple[str, int, int], _ScriptCall] = {}
+    for index, (script, shared, keys, args, future) in enumerate(batch):
+        if future.done():  # its caller was cancelled: nothing to run
+            continue
+        slot = key_slot(keys[0].encode()) if per_slot else 0
+        group = (script.sha, id(shared), slot)
+        call = calls.get(group)
+        if call is None:
+            call = calls[group] = _ScriptCall(script, shared, keys[0])
+        call.calls.append(index)
+        call.keys += keys
+        call.args += args
+    return list(calls.values())
+
+
+def _call_failure(reply: Any, calls: int) -> Exception:
+    """What the calls of a script call get when it did not reply with one reply per call."""
+    if isinstance(reply, ResponseError):
+        return StoreError(f"Redis answered an error: {describe(reply)}")
+    if isinstance(reply, Exception):  # on a cluster: the node of this slot failed
+        return StoreUnavailable(describe(reply))
+    return StoreError(f"the batch script answered {reply!r:.80} for {calls} calls")
+
 
 # A kept connection that Redis has closed (its idle `timeout`, a restart, a NAT or firewall that
 # forgets idle flows) is only found out when a command is written on it, and says nothing about
@@ -51,21 +103,19 @@ class Batcher:
         self._connection: Any = None  # the flusher's own connection, kept between batches
         self._slot_reloader: asyncio.Task[None] | None = None  # cluster only
 
-    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """Like :meth:`Store.run_script`, but calls made together share one round trip: those of one
-        event-loop turn, and those that arrive while the previous round trip is out.
+    async def run(self, script: Script, shared: list[Any], keys: list[str], args: list[Any]) -> Any:
+        """One call of a batch script, with the calls made together: those of one event-loop
+        turn, and those that arrive while the previous round trip is out.
 
-        Each script still runs atomically on its own; the batch only saves the network and
-        syscall cost that would otherwise be paid once per decision. The batch's own deadline
-        (in :meth:`_flush`) bounds every caller's wait, so no timer is armed per call; a caller
-        that is cancelled cancels its future, which the flush then skips.
+        The batch's own deadline (in :meth:`_flush`) bounds every caller's wait, so no timer is
+        armed per call; a caller that is cancelled cancels its future, which the flush then skips.
         """
         self.breaker.check()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._batch:
             self._batch_since = loop.time()
-        self._batch.append((script, keys, args, future))
+        self._batch.append((script, shared, keys, args, future))
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush_while_pending())
         return await future
@@ -87,54 +137,58 @@ class Batcher:
             self._flusher = None
 
     async def _flush(self, batch: list[_Pending], deadline: float) -> None:
+        calls = script_calls(batch, per_slot=isinstance(self.client, RedisCluster))
         try:
             async with asyncio.timeout_at(deadline):
                 try:
-                    results = await self._execute(batch)
+                    replies = await self._execute(calls)
                 except _Stale as stale:
                     log.debug("Redis connection found closed (%s); trying once more", stale)
-                    results = await self._execute(batch)
-                missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                    replies = await self._execute(calls)
+                missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
                 if missing:
                     # Redis restarted and lost its script cache: load once, run those again.
-                    for script in {batch[i][0] for i in missing}:
+                    for script in {calls[i].script for i in missing}:
                         await self.client.script_load(script.source)
-                    again = await self._execute([batch[i] for i in missing])
-                    for i, result in zip(missing, again, strict=True):
-                        results[i] = result
+                    again = await self._execute([calls[i] for i in missing])
+                    for i, reply in zip(missing, again, strict=True):
+                        replies[i] = reply
         except (RedisError, OSError, TimeoutError) as error:
             # One failed round trip is one failure, however many decisions rode on it.
             self.breaker.failed(describe(error))
-            failure = StoreUnavailable(describe(error))
+            unavailable = StoreUnavailable(describe(error))
             for *_, future in batch:
                 if not future.done():
-                    future.set_exception(failure)
+                    future.set_exception(unavailable)
             return
         except BaseException:
             for *_, future in batch:
                 future.cancel()
             raise
         self.breaker.succeeded()
-        for (*_, future), result in zip(batch, results, strict=True):
-            if future.done():
+        for call, reply in zip(calls, replies, strict=True):
+            if isinstance(reply, list) and len(reply) == len(call.calls):
+                for index, result in zip(call.calls, reply, strict=True):
+                    future = batch[index][-1]
+                    if not future.done():
+                        future.set_result(result)
                 continue
-            if isinstance(result, ResponseError):
-                future.set_exception(StoreError(f"Redis answered an error: {describe(result)}"))
-            elif isinstance(result, Exception):  # on a cluster: the node of this decision failed
-                future.set_exception(StoreUnavailable(describe(result)))
-            else:
-                future.set_result(result)
+            failure = _call_failure(reply, len(call.calls))
+            for index in call.calls:
+                future = batch[index][-1]
+                if not future.done():
+                    future.set_exception(failure)
 
-    async def _execute(self, batch: list[_Pending]) -> list[Any]:
-        """The whole batch in one write on one pooled connection, then its replies in order.
+    async def _execute(self, calls: list[_ScriptCall]) -> list[Any]:
+        """The script calls in one write on one pooled connection, then their replies in order.
 
         Packed by hiredis (C) and written on a connection from redis-py's pool, without redis-py's
         Pipeline: its per-command bookkeeping and pure-Python packing cost more than all the rest
         of a decision (profiled, BENCHMARKS.md). An error reply (NOSCRIPT after a Redis restart)
-        is a result, so the caller can retry just those.
+        is a reply, so the caller can retry just those.
         """
         if isinstance(self.client, RedisCluster):
-            return await self._execute_on_cluster(batch)
+            return await self._execute_on_cluster(calls)
         pool = self.client.connection_pool
         connection = self._connection
         kept = connection is not None
@@ -142,41 +196,28 @@ class Batcher:
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]
             # The batch's own deadline bounds every read (the pool sets no socket timeout).
             self._connection = connection
-        results: list[Any] = []
+        replies: list[Any] = []
         try:
-            await roundtrip(
-                connection,
-                [
-                    ("EVALSHA", script.sha, len(keys), *keys, *args)
-                    for script, keys, args, _ in batch
-                ],
-                results,
-            )
+            await roundtrip(connection, [call.command() for call in calls], replies)
         except BaseException as error:
             # Replies may still be on their way: this connection can never be trusted again.
             self._connection = None
             await connection.disconnect(nowait=True)
             await pool.release(connection)
-            if kept and not results and isinstance(error, STALE_CONNECTION_ERRORS):
+            if kept and not replies and isinstance(error, STALE_CONNECTION_ERRORS):
                 # Found closed before any reply: the connection died while idle (before the batch
                 # reached a running Redis), so a second try cannot count a message twice.
                 raise _Stale(describe(error)) from error
             raise
-        return results
+        return replies
 
-    async def _execute_on_cluster(self, batch: list[_Pending]) -> list[Any]:
-        """A batch on a cluster: each decision's keys share one slot (KeyLayout's hash tags);
-        the decisions for each node go in one write, all nodes at once."""
+    async def _execute_on_cluster(self, calls: list[_ScriptCall]) -> list[Any]:
+        """Script calls on a cluster: each carries the calls of one slot (KeyLayout's hash tags);
+        the script calls for each node go in one write, all nodes at once."""
         client = self.client
         if not isinstance(client, RedisCluster):  # pragma: no cover - only called for a cluster
             raise TypeError("not a cluster client")
-        replies = await execute_on_nodes(
-            client,
-            [
-                (keys[0], ("EVALSHA", script.sha, len(keys), *keys, *args))
-                for script, keys, args, _ in batch
-            ],
-        )
+        replies = await execute_on_nodes(client, [(call.route, call.command()) for call in calls])
         failed = [
             r for r in replies if isinstance(r, RedisConnectionError | OSError | TimeoutError)
         ]

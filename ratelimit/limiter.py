@@ -46,7 +46,7 @@ class Decided(enum.IntEnum):
 
 
 class Mode(enum.Enum):
-    """decide.lua's ARGV[1]."""
+    """Each decision's first argument to decide.lua (after the limits the batch shares)."""
 
     COUNT = "count"  # DATA: check and record
     CHECK = "check"  # RCPT: message limits only, nothing recorded
@@ -212,7 +212,7 @@ class Limiter:
         if not config.message_limits and not config.recipient_limits:
             return Passed(Outcome.ACCEPTED, network)
         recipients = min(max(recipients, 0), MAX_RECIPIENTS)
-        reply = await self.store.run_script_batched(_DECIDE, keys, [mode.value, recipients, *args])
+        reply = await self.store.run_batched(_DECIDE, args, keys, [mode.value, recipients])
         code = reply[0]
         if code == Decided.ACCEPTED:
             return Passed(Outcome.ACCEPTED, network)
@@ -230,10 +230,11 @@ class Limiter:
         config = self.config
         network = self.network_of(address)
         keys = self.store.keys
-        reply = await self.store.run_script(
+        ip = str(address)
+        [reply] = await self.store.run_script(
             _DECIDE,
-            [keys.client_log(network), keys.grant(str(address), network)],
-            [Mode.USAGE.value, 0, *self._args],
+            [keys.client_log(network), keys.grant(ip, network), keys.offender(ip, network)],
+            [*self._args, Mode.USAGE.value, 0],
         )
         used = list(reply[1:])
         limits = [(Counted.MESSAGES, lim) for lim in config.message_limits]

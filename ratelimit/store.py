@@ -228,10 +228,13 @@ class Store:
         info: dict[str, Any] = await self.call(lambda: self._client.info("server"))
         return info
 
-    async def run_script_batched(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """Like :meth:`run_script`, but calls made together share one round trip
-        (:class:`ratelimit.batch.Batcher`)."""
-        return await self.batcher.run(script, keys, args)
+    async def run_batched(
+        self, script: Script, shared: list[Any], keys: list[str], args: list[Any]
+    ) -> Any:
+        """One call of a batch script (``shared`` arguments first, then each call's own), run
+        with the calls made together in one script call and one round trip
+        (:class:`ratelimit.batch.Batcher`); this call's reply."""
+        return await self.batcher.run(script, shared, keys, args)
 
     async def aclose(self) -> None:
         await self.batcher.aclose()

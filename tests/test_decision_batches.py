@@ -1,0 +1,148 @@
+"""Decisions made together are one script call: one EVALSHA, one TIME, the same answers.
+
+Against a real redis-server; Redis' own command statistics count the script calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from ipaddress import ip_address as parse_ip
+from typing import Any
+
+import pytest
+
+from ratelimit.limiter import Decided, LimitConfig, Limited, Limiter, Outcome, Passed
+from ratelimit.store import Script, Store
+from tests.support import RedisServer
+from tests.support.settings import make_settings
+
+DECIDE = Script("decide")
+
+
+def script_calls(redis_server: RedisServer) -> int:
+    """EVALSHA calls Redis has run so far (INFO commandstats)."""
+    stats = redis_server.cli("INFO", "commandstats")
+    found = re.search(r"cmdstat_evalsha:calls=(\d+)", stats)
+    return int(found.group(1)) if found else 0
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[Store]:
+    settings = make_settings(redis_server.url)
+    store = Store.from_settings(settings)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+def limiter_for(store: Store, redis_server: RedisServer, **limits: Any) -> Limiter:
+    settings = make_settings(redis_server.url, key_prefix=store.keys.prefix, **limits)
+    return Limiter(store, LimitConfig.from_settings(settings))
+
+
+async def test_decisions_made_together_are_one_script_call(
+    store: Store, redis_server: RedisServer
+) -> None:
+    limiter = limiter_for(store, redis_server, message_limits="5/1m")
+    await limiter.count_message(parse_ip("192.0.2.1"), 1)  # loads the script
+    before = script_calls(redis_server)
+    addresses = [parse_ip(f"198.51.100.{n}") for n in range(1, 41)]
+    verdicts = await asyncio.gather(*(limiter.count_message(a, 1) for a in addresses))
+    assert script_calls(redis_server) - before == 1
+    assert all(isinstance(v, Passed) and v.outcome is Outcome.ACCEPTED for v in verdicts)
+    # Each was counted under its own network.
+    for address in addresses:
+        assert redis_server.cli("ZCARD", store.keys.client_log(f"{address}/32")) == "1"
+
+
+async def test_one_client_many_times_in_one_batch_is_counted_exactly(
+    store: Store, redis_server: RedisServer
+) -> None:
+    limiter = limiter_for(store, redis_server, message_limits="3/1m", recipient_limits="7/1m")
+    await limiter.count_message(parse_ip("192.0.2.1"), 1)  # loads the script
+    before = script_calls(redis_server)
+    client = parse_ip("203.0.113.9")
+    # In one batch, in this order: each decision sees the ones before it.
+    verdicts = await asyncio.gather(
+        limiter.count_message(client, 2),  # 2 recipients: accepted
+        limiter.count_message(client, 5),  # 2 + 5 = 7: accepted
+        limiter.count_message(client, 1),  # 8 recipients: refused by the recipient limit
+        limiter.count_message(client, 0),  # 2 messages, 7 recipients: accepted
+        limiter.count_message(client, 0),  # the fourth message: refused by the message limit
+        limiter.check(client),  # RCPT: already at 3 messages
+    )
+    assert script_calls(redis_server) - before == 1
+    assert [v.outcome for v in verdicts] == [
+        Outcome.ACCEPTED,
+        Outcome.ACCEPTED,
+        Outcome.LIMITED,
+        Outcome.ACCEPTED,
+        Outcome.LIMITED,
+        Outcome.LIMITED,
+    ]
+    by_recipients, by_messages, at_rcpt = verdicts[2], verdicts[4], verdicts[5]
+    assert isinstance(by_recipients, Limited)
+    assert by_recipients.used == 7
+    assert str(by_recipients.limit) == "7/1m"
+    assert isinstance(by_messages, Limited)
+    assert by_messages.used == 3
+    assert isinstance(at_rcpt, Limited)
+    assert str(at_rcpt.limit) == "3/1m"
+    # Three accepted messages in the log, each its own member although all share one TIME.
+    assert redis_server.cli("ZCARD", store.keys.client_log("203.0.113.9/32")) == "3"
+    usage = await limiter.usage(client)
+    assert [u.used for u in usage] == [3, 7]
+
+
+async def test_calls_with_different_limits_in_one_batch_are_each_judged_by_their_own(
+    store: Store, redis_server: RedisServer
+) -> None:
+    """A SIGHUP can change the limits between two calls of one batch: each call keeps the
+    limits it was made with (one script call per set of limits)."""
+    strict = LimitConfig.from_settings(make_settings(redis_server.url, message_limits="1/1m"))
+    loose = LimitConfig.from_settings(make_settings(redis_server.url, message_limits="5/1m"))
+    keys = store.keys
+
+    def call(ip: str, config: LimitConfig) -> asyncio.Future[list[int]]:
+        network = f"{ip}/32"
+        return asyncio.ensure_future(
+            store.run_batched(
+                DECIDE,
+                config.script_args(),
+                [keys.client_log(network), keys.grant(ip, network), keys.offender(ip, network)],
+                ["count", 1],
+            )
+        )
+
+    replies = await asyncio.gather(
+        *(call("192.0.2.7", strict) for _ in range(3)),
+        *(call("192.0.2.8", loose) for _ in range(3)),
+    )
+    assert [reply[0] for reply in replies] == [
+        Decided.ACCEPTED,
+        Decided.MESSAGE_LIMIT,
+        Decided.MESSAGE_LIMIT,
+        Decided.ACCEPTED,
+        Decided.ACCEPTED,
+        Decided.ACCEPTED,
+    ]
+
+
+async def test_a_grant_inside_a_batch_lets_only_its_own_address_through(
+    store: Store, redis_server: RedisServer
+) -> None:
+    limiter = limiter_for(store, redis_server, message_limits="1/1m")
+    granted, other = parse_ip("192.0.2.20"), parse_ip("192.0.2.21")
+    redis_server.cli("SET", store.keys.grant("192.0.2.20", "192.0.2.20/32"), "{}", "EX", "60")
+    verdicts = await asyncio.gather(
+        *(limiter.count_message(granted, 1) for _ in range(3)),
+        *(limiter.count_message(other, 1) for _ in range(3)),
+    )
+    assert [v.outcome for v in verdicts] == [Outcome.WHITELISTED] * 3 + [
+        Outcome.ACCEPTED,
+        Outcome.LIMITED,
+        Outcome.LIMITED,
+    ]
