@@ -2,7 +2,7 @@
 
 Everything the real daemon does per request except deciding (accepting, reading, parsing,
 queueing, answering, timers) happens here exactly as in ``smtp-whitelist policyd``, on the same
-event loop implementation; only ``decide`` is a coroutine that returns ``DUNNO`` with no store.
+event loop implementation; only ``answer`` returns ``DUNNO`` at once, with no store.
 The ratio of the real daemon to this one is therefore the cost of our decision and its Redis
 round trip, and nothing else.
 
@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 
 from policyd.protocol import PolicyRequest
 from policyd.server import ConnectionLimits, PolicyServer
@@ -22,15 +23,15 @@ from ratelimit.listen import parse_listen
 from smtp_whitelist.loop import run_event_loop
 
 
-async def null_decide(request: PolicyRequest) -> str:
-    """Every request: DUNNO, touching nothing."""
+def null_answer(request: PolicyRequest, later: Callable[[str | None], None]) -> str:
+    """Every request: DUNNO at once, touching nothing."""
     return "DUNNO"
 
 
 async def serve(listen: str, max_connections: int) -> int:
     loop = asyncio.get_running_loop()
     # The daemon's defaults (docs/interface.md): MAX_CONNECTIONS, IDLE_TIMEOUT, REQUEST_TIMEOUT.
-    server = PolicyServer(null_decide, ConnectionLimits(max_connections, 600.0, 10.0))
+    server = PolicyServer(null_answer, ConnectionLimits(max_connections, 600.0, 10.0))
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)

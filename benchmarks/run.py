@@ -34,6 +34,7 @@ import redis
 
 from benchmarks.loadgen import LoadResult, client_ips, run_load, run_load_processes
 from benchmarks.openloop import run_open_loop
+from benchmarks.targets import HEADER, OpenRound, closed_rows, open_rows
 from ratelimit.limiter import LimitConfig, Limiter
 from ratelimit.limits import Limit
 from ratelimit.store import KeyLayout, Store
@@ -153,6 +154,10 @@ class Round:
     rss: float  # MB, after the run
 
     @property
+    def rate(self) -> float:
+        return self.result.rate
+
+    @property
     def per_1k(self) -> float:
         return 1000 * self.server_cpu / max(self.result.requests, 1)
 
@@ -191,42 +196,47 @@ def measure(
 def open_loop_table(
     rates: Sequence[float],
     duration: float,
+    rounds: int,
     null: tuple[int, int],
     ours: tuple[int, int],
     redis_pid: int,
-) -> list[str]:
-    """Latency at fixed offered rates (benchmarks.openloop), null and ours in turn per rate:
-    percentiles counted from each request's due time, the longest answer, and CPU per decision
-    (the server's, and the server's plus Redis') as ratios to the null server's."""
+) -> tuple[list[str], dict[float, list[tuple[OpenRound, OpenRound]]]]:
+    """Latency at fixed offered rates (benchmarks.openloop), null then ours, ``rounds`` times per
+    rate: percentiles counted from each request's due time, the longest answer, and CPU per
+    decision (the server's, and the server's plus Redis'). The lines, and the rounds."""
     lines = [
-        f"open loop: 20 connections, 10,000 client IPs, DATA, {duration:.0f} s per rate;"
-        " latency from the due time",
-        "| rate/s | server | p50 ms | p99 ms | p99.9 ms | max ms | CPU us/req | +Redis us/req |",
-        "|---|---|---|---|---|---|---|---|",
+        f"open loop: 20 connections, 10,000 client IPs, DATA, {duration:.0f} s per rate and"
+        f" server, {rounds} rounds; latency from the due time",
+        "| rate/s | round | server | p50 ms | p99 ms | p99.9 ms | max ms | CPU us/req"
+        " | +Redis us/req |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    measured: dict[float, list[tuple[OpenRound, OpenRound]]] = {}
     for rate in rates:
-        measured = {}
-        for name, (port, pid) in (("null", null), ("ours", ours)):
-            before, redis_before = cpu_seconds(pid), cpu_seconds(redis_pid)
-            result = run_open_loop(HOST, port, rate=rate, duration=duration)
-            answered = max(result.load.requests, 1)
-            cpu = 1e6 * (cpu_seconds(pid) - before) / answered
-            both = cpu + 1e6 * (cpu_seconds(redis_pid) - redis_before) / answered
-            measured[name] = (result, cpu, both)
-            lines.append(
-                f"| {rate:,.0f} | {name} | {result.percentile(50):.3f} |"
-                f" {result.percentile(99):.3f} | {result.percentile(99.9):.3f} |"
-                f" {result.longest_ms:.3f} | {cpu:.1f} | {both:.1f} |"
-            )
-        (n, n_cpu, _), (o, o_cpu, o_both) = measured["null"], measured["ours"]
-        lines.append(
-            f"| {rate:,.0f} | ratio | {o.percentile(50) / n.percentile(50):.2f}x |"
-            f" {o.percentile(99) / n.percentile(99):.2f}x |"
-            f" {o.percentile(99.9) / n.percentile(99.9):.2f}x |"
-            f" {o.longest_ms / n.longest_ms:.2f}x | {o_cpu / n_cpu:.2f}x |"
-            f" {o_both / n_cpu:.2f}x |"
-        )
-    return lines
+        for i in range(rounds):
+            pair = []
+            for name, (port, pid) in (("null", null), ("ours", ours)):
+                before, redis_before = cpu_seconds(pid), cpu_seconds(redis_pid)
+                result = run_open_loop(HOST, port, rate=rate, duration=duration)
+                answered = max(result.load.requests, 1)
+                cpu = 1e6 * (cpu_seconds(pid) - before) / answered
+                redis_cpu = 1e6 * (cpu_seconds(redis_pid) - redis_before) / answered
+                pair.append(
+                    OpenRound(
+                        result.percentile(99),
+                        result.percentile(99.9),
+                        result.longest_ms,
+                        cpu,
+                        redis_cpu,
+                    )
+                )
+                lines.append(
+                    f"| {rate:,.0f} | {i + 1} | {name} | {result.percentile(50):.3f} |"
+                    f" {result.percentile(99):.3f} | {result.percentile(99.9):.3f} |"
+                    f" {result.longest_ms:.3f} | {cpu:.1f} | {cpu + redis_cpu:.1f} |"
+                )
+            measured.setdefault(rate, []).append((pair[0], pair[1]))
+    return lines, measured
 
 
 def median_round(rounds: list[Round]) -> Round:
@@ -481,13 +491,19 @@ def main(argv: list[str] | None = None) -> int:
                 say(line)
 
             rates = [float(r) for r in args.open_rates.split(",") if r.strip()]
+            open_rounds: dict[float, list[tuple[OpenRound, OpenRound]]] = {}
             if rates:
                 say()
-                for line in open_loop_table(
-                    rates, args.open_duration, (null_port, null_pid), (ours_port, ours_pid),
-                    redis_pid,
-                ):  # fmt: skip
+                lines, open_rounds = open_loop_table(
+                    rates, args.open_duration, args.rounds, (null_port, null_pid),
+                    (ours_port, ours_pid), redis_pid,
+                )  # fmt: skip
+                for line in lines:
                     say(line)
+            say()
+            say("issue 13's targets, from this run:")
+            for line in HEADER + closed_rows(null_rounds, our_rounds) + open_rows(open_rounds):
+                say(line)
 
             say()
             per_ip, keys, took = memory_per_ip(

@@ -31,7 +31,7 @@ class PolicyConnection(asyncio.Protocol):
         self.queue: deque[PolicyRequest] = deque()
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        self.worker: asyncio.Task[None] | None = None
+        self.deciding = False  # a decision is out (waiting for Redis); later ones queue
         self.timer: asyncio.TimerHandle | None = None
         self.timing_request = False  # the timer is REQUEST_TIMEOUT's, armed at a first byte
         self.reading_paused = False
@@ -64,10 +64,11 @@ class PolicyConnection(asyncio.Protocol):
             return
         if requests:
             self.queue.extend(requests)
-            if self.worker is None:
-                self.worker = asyncio.get_running_loop().create_task(self._answer())
             if len(self.queue) >= MAX_QUEUED_REQUESTS:
                 self._pause_reading()
+            if not self.deciding:
+                self._answer_queued()
+                return  # it arms the timer when done
         # REQUEST_TIMEOUT runs from a request's first byte: more bytes of the same request must
         # not restart it, or a client trickling one byte at a time would never time out.
         if requests or not self.timing_request:
@@ -75,7 +76,7 @@ class PolicyConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # Half-close: answer what was asked, then close (return False closes after writes).
-        if self.worker is None:
+        if not self.deciding:
             return False
         self.closing = True
         return True
@@ -84,8 +85,7 @@ class PolicyConnection(asyncio.Protocol):
         self.closing = True
         if self.timer is not None:
             self.timer.cancel()
-        if self.worker is not None:
-            self.worker.cancel()
+        self.queue.clear()  # a decision out still completes (it may have counted), unanswered
         self.server.forget(self)
 
     def pause_writing(self) -> None:
@@ -98,26 +98,49 @@ class PolicyConnection(asyncio.Protocol):
 
     # -- work ---------------------------------------------------------------------------------
 
-    async def _answer(self) -> None:
-        decide = self.server.decide
-        try:
-            while self.queue:
-                request = self.queue.popleft()
-                if len(self.queue) < MAX_QUEUED_REQUESTS // 2:
-                    self._resume_reading()
-                try:
-                    action = await decide(request)
-                except Exception:
-                    # A bug, not a protocol or store problem: no reply (Postfix retries and
-                    # then applies its default action), and the traceback goes to the log only.
-                    log.exception("policy decision failed for %s; closing", self.peer)
-                    self._close(abort=True)
-                    return
-                if self.transport is None or self.transport.is_closing():
-                    return
-                self.transport.write(encode_reply(action))
-        finally:
-            self.worker = None
+    def _answer_queued(self) -> None:
+        """Answer the queued requests in order, from here while each is answered at once, and
+        from :meth:`_answered` once one had to wait for Redis (no task per request)."""
+        answer = self.server.answer
+        queue = self.queue
+        while queue:
+            if self.transport is None or self.transport.is_closing():
+                return  # closed meanwhile: nobody to answer
+            request = queue.popleft()
+            if len(queue) < MAX_QUEUED_REQUESTS // 2:
+                self._resume_reading()
+            self.deciding = True
+            try:
+                action = answer(request, self._answered)
+            except Exception:
+                # A bug, not a protocol or store problem: no reply (Postfix retries and then
+                # applies its default action), and the traceback goes to the log only.
+                log.exception("policy decision failed for %s; closing", self.peer)
+                self._close(abort=True)
+                return
+            if action is None:
+                return  # waiting for Redis: _answered goes on
+            self.deciding = False
+            self._write(action)
+        self._idle()
+
+    def _answered(self, action: str | None) -> None:
+        """A decision that waited for Redis is made: answer it, then what queued meanwhile."""
+        self.deciding = False
+        if action is None:  # the decision failed, logged: no reply
+            self._close(abort=True)
+            return
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._write(action)
+        self._answer_queued()
+
+    def _write(self, action: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_reply(action))
+
+    def _idle(self) -> None:
+        """Nothing left to answer: close if asked to, else wait for the next request."""
         if self.closing or self.server.draining:
             self._close(abort=False)
         else:
@@ -129,7 +152,7 @@ class PolicyConnection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.timing_request = False
-        if self.worker is not None or self.closing:
+        if self.deciding or self.closing:
             return  # a decision is in flight: its own timeout (STORE_TIMEOUT) bounds it
         limits = self.server.limits
         if self.parser.pending:
@@ -171,5 +194,5 @@ class PolicyConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Server stopping: close now if nothing is in flight, else after the answers."""
-        if self.worker is None:
+        if not self.deciding:
             self._close(abort=False)

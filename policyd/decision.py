@@ -10,31 +10,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
-from policyd.decision_log import log_compromised, log_summaries
+from policyd.decision_log import log_summaries
 from policyd.logs import fields
 from policyd.protocol import PolicyRequest
 from policyd.refusal_log import RefusalLog
-from policyd.replies import PASSING_ACTIONS, DecisionSettings, Replies
+from policyd.replies import COUNTED_STATES, DUNNO, PASSING_ACTIONS, DecisionSettings, Replies
 from policyd.scope import LimitedScope
 from policyd.stage_watch import StageObserver, StageReport
 from policyd.store_outage import StoreOutage, decision_fields
+from policyd.verdict_action import verdict_action
 from ratelimit.addresses import IPAddress, parse_ip
-from ratelimit.limiter import Counted, Limited, Limiter, Verdict
-from ratelimit.limits import Limit, format_window
+from ratelimit.limiter import Limited, Limiter, Mode, Verdict
 from ratelimit.metrics import Metrics
 from ratelimit.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-DUNNO = "DUNNO"
-# Postfix sends protocol_state=DATA from smtpd_data_restrictions; with CHUNKING the same
-# restrictions run for the first BDAT command, so BDAT is counted as a message too.
-COUNTED_STATES = frozenset({"DATA", "BDAT"})
 CHECKED_STATES = frozenset({"RCPT"})
 # client_address texts remembered with their parsed address (ipaddress parsing costs a few µs
 # per request); when this many are held the memo starts again from empty.
 MAX_REMEMBERED_ADDRESSES = 16_384
+# Gets a decision's action once Redis has answered; None: the decision failed (logged), so no
+# reply is sent and the connection is closed.
+Answer = Callable[[str | None], None]
 # The `result` label of requests that no limit was asked about, and of those Redis failed.
 NOT_COUNTED = "not_counted"
 STORE_ERROR = "store_error"
@@ -89,11 +90,54 @@ class PolicyDecider:
         self.replies = Replies.from_settings(settings)
         self.scope = LimitedScope(settings.limited_networks)
 
-    async def __call__(self, request: PolicyRequest) -> str:
+    def answer(self, request: PolicyRequest, later: Answer) -> str | None:
+        """The action for ``request`` now, or None: then ``later(action)`` is called once, as soon
+        as Redis' reply is read (``later(None)``: the decision failed, logged; send no reply).
+
+        A decision that waits for Redis completes by callback, straight from its batch's reply:
+        no task and no coroutine chain is woken per decision (issue 13).
+        """
         metrics = self.metrics
         started = time.perf_counter() if metrics is not None else 0.0
         state = request.protocol_state
-        action, result = await self._decide(request, state)
+        if state in COUNTED_STATES:
+            mode = Mode.COUNT
+        elif state in CHECKED_STATES:
+            mode = Mode.CHECK
+        else:
+            return self._answered(request, state, DUNNO, NOT_COUNTED, started)
+        address = self._limited_address(request, state)
+        if address is None:
+            return self._answered(request, state, DUNNO, NOT_COUNTED, started)
+        waiter = _Waiting(self, request, state, address, started, later)
+        try:
+            verdict = self.limiter.submit(address, mode, request.recipient_count, waiter)
+        except StoreUnavailable as error:
+            return waiter.action_for_failure(error)
+        if verdict is None:
+            return None
+        return waiter.action_for(verdict)
+
+    async def __call__(self, request: PolicyRequest) -> str:
+        """:meth:`answer` as a coroutine (for callers that await one decision)."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+
+        def later(action: str | None) -> None:
+            if not future.done():
+                future.set_result(action)
+
+        action = self.answer(request, later)
+        if action is None:
+            action = await future
+        if action is None:
+            raise RuntimeError("the policy decision failed (logged)")
+        return action
+
+    def _answered(
+        self, request: PolicyRequest, state: str, action: str, result: str, started: float
+    ) -> str:
+        """What follows every decision: its metric, the stage watch, the refusal summaries."""
+        metrics = self.metrics
         if metrics is not None:
             metrics.policy.decided(state, result, time.perf_counter() - started)
         if self.watch is not None:
@@ -134,14 +178,8 @@ class PolicyDecider:
             # Only `check` reads the note; the warning itself is already in the log.
             log.debug("could not record the DATA-stage note in Redis: %s", error)
 
-    async def _decide(self, request: PolicyRequest, state: str) -> tuple[str, str]:
-        """The action, and the ``result`` label it is counted under."""
-        if state in COUNTED_STATES:
-            counting = True
-        elif state in CHECKED_STATES:
-            counting = False
-        else:
-            return DUNNO, NOT_COUNTED
+    def _limited_address(self, request: PolicyRequest, state: str) -> IPAddress | None:
+        """The client's address when its request is to be limited; None (logged) when not."""
         text = request.client_address
         addresses = self._addresses
         try:
@@ -160,7 +198,7 @@ class PolicyDecider:
                 request.get("queue_id"),
                 request.get("instance"),
             )
-            return DUNNO, NOT_COUNTED
+            return None
         scope = self.scope
         if scope.networks and not scope.covers(
             address, authenticated=bool(request.get("sasl_username"))
@@ -172,108 +210,79 @@ class PolicyDecider:
                     state,
                     extra=fields(client=str(address), stage=state, action=DUNNO),
                 )
-            return DUNNO, NOT_COUNTED
-        try:
-            if counting:
-                verdict = await self.limiter.count_message(address, request.recipient_count)
-            else:
-                verdict = await self.limiter.check(address)
-        except StoreUnavailable as error:
-            return self.outage.failed(
-                str(address), state, request, error, self.replies
-            ), STORE_ERROR
-        self.outage.ok()
-        if not isinstance(verdict, Limited) and not log.isEnabledFor(logging.DEBUG):
-            return DUNNO, verdict.outcome.value  # the common case: no address text, no log line
-        return self._reply(str(address), state, request, verdict), verdict.outcome.value
-
-    def _reply(self, ip: str, state: str, request: PolicyRequest, verdict: Verdict) -> str:
-        if not isinstance(verdict, Limited):
-            if log.isEnabledFor(logging.DEBUG):
-                recipients = (
-                    f" recipients={request.recipient_count}" if state in COUNTED_STATES else ""
-                )
-                log.debug(
-                    "DUNNO client=%s network=%s stage=%s outcome=%s%s queue_id=%s instance=%s",
-                    ip,
-                    verdict.network,
-                    state,
-                    verdict.outcome.value,
-                    recipients,
-                    request.get("queue_id"),
-                    request.get("instance"),
-                    extra=decision_fields(ip, state, request, action=DUNNO),
-                )
-            return DUNNO
-        limit, counted = verdict.limit, verdict.counted
-        replies = self.replies
-        too_big = self._too_big(state, request) if replies.too_big_reply else None
-        if too_big is not None:
-            # However long the client waits, this message cannot pass: answer permanently.
-            limit, counted, template = too_big, Counted.RECIPIENTS, replies.too_big_reply
-        else:
-            template = replies.limit_reply
-        reply = template.format(
-            ip=ip, limit=f"{limit.count} {counted.value}", window=format_window(limit.window)
-        )
-        action = replies.sent(reply)
-        limit_text = f"{limit} {counted.value}"
-        verb = "would limit (MODE=monitor)" if replies.monitor else "limited"
-        if verdict.compromised:
-            # Independent of which refusals get a line of their own: decide.lua says when.
-            log_compromised(ip, request, verdict, self.metrics)
-        if too_big is not None:
-            # What this limit had counted is unknown (the script stopped at the first limit it
-            # found reached) and beside the point: the message alone is too big.
-            extra = decision_fields(ip, state, request, action=action, limit=limit_text, used=None)
-            log.info(
-                "%s client=%s network=%s stage=%s limit=%s: one message with %d recipients"
-                " exceeds the limit by itself and can never pass; answered %s sender=%s"
-                " queue_id=%s instance=%s",
-                verb,
-                ip,
-                verdict.network,
-                state,
-                limit_text,
-                request.recipient_count,
-                action.split(" ", 3)[0] if not replies.monitor else "WARN",
-                request.get("sender")[:256],
-                request.get("queue_id"),
-                request.get("instance"),
-                extra=extra,
-            )
-            return action
-        if not self.refusals.refused(verdict.network, limit_text, limit.window, time.time()):
-            return action  # counted, and summarised when the limit's window has passed
-        extra = decision_fields(
-            ip, state, request, action=action, limit=limit_text, used=verdict.used
-        )
-        recipients = f" recipients={request.recipient_count}" if state in COUNTED_STATES else ""
-        log.info(
-            "%s client=%s network=%s stage=%s limit=%s used=%d%s sender=%s queue_id=%s"
-            " instance=%s (further refusals within %s are counted, then summarised)",
-            verb,
-            ip,
-            verdict.network,
-            state,
-            limit_text,
-            verdict.used,
-            recipients,
-            request.get("sender")[:256],
-            request.get("queue_id"),
-            request.get("instance"),
-            format_window(limit.window),
-            extra=extra,
-        )
-        return action
-
-    def _too_big(self, state: str, request: PolicyRequest) -> Limit | None:
-        """The smallest recipient limit this message exceeds on its own (DATA only), if any."""
-        if state not in COUNTED_STATES:
             return None
-        recipients = request.recipient_count
-        over = [lim for lim in self.limiter.config.recipient_limits if recipients > lim.count]
-        return min(over, key=lambda lim: lim.count) if over else None
+        return address
+
+
+class _Waiting:
+    """One decision waiting for Redis: the VerdictWaiter its verdict (or failure) comes to, from
+    the batch's reply, and what turns that into the action and answers the connection."""
+
+    __slots__ = ("address", "decider", "later", "request", "started", "state")
+
+    def __init__(
+        self,
+        decider: PolicyDecider,
+        request: PolicyRequest,
+        state: str,
+        address: IPAddress,
+        started: float,
+        later: Answer,
+    ) -> None:
+        self.decider = decider
+        self.request = request
+        self.state = state
+        self.address = address
+        self.started = started
+        self.later = later
+
+    def action_for(self, verdict: Verdict) -> str:
+        decider = self.decider
+        decider.outage.ok()
+        if not isinstance(verdict, Limited) and not log.isEnabledFor(logging.DEBUG):
+            action = DUNNO  # the common case: no address text, no log line
+        else:
+            action = verdict_action(
+                str(self.address),
+                self.state,
+                self.request,
+                verdict,
+                replies=decider.replies,
+                refusals=decider.refusals,
+                metrics=decider.metrics,
+                recipient_limits=decider.limiter.config.recipient_limits,
+            )
+        return decider._answered(
+            self.request, self.state, action, verdict.outcome.value, self.started
+        )
+
+    def action_for_failure(self, error: StoreUnavailable) -> str:
+        decider = self.decider
+        action = decider.outage.failed(
+            str(self.address), self.state, self.request, error, decider.replies
+        )
+        return decider._answered(self.request, self.state, action, STORE_ERROR, self.started)
+
+    # -- VerdictWaiter: called from the batch's reply -------------------------------------------
+
+    def decided(self, verdict: Verdict) -> None:
+        self._answer(self.action_for, verdict)
+
+    def failed(self, error: StoreUnavailable) -> None:
+        self._answer(self.action_for_failure, error)
+
+    def cancelled(self) -> bool:
+        return False  # a connection gone still gets its decision made: the message may be sent
+
+    def _answer(self, make: Callable[[Any], str], outcome: Any) -> None:
+        try:
+            action: str | None = make(outcome)
+        except Exception:
+            # A bug, not a protocol or store problem: no reply (Postfix retries and then
+            # applies its default action), and the traceback goes to the log only.
+            log.exception("policy decision failed for %s", self.request.client_address[:64])
+            action = None
+        self.later(action)
 
 
 # Importers name these as the decision's: the replies and the settings it reads.

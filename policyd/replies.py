@@ -7,6 +7,11 @@ from typing import Protocol
 
 from ratelimit.addresses import IPNetwork
 
+DUNNO = "DUNNO"
+# Postfix sends protocol_state=DATA from smtpd_data_restrictions; with CHUNKING the same
+# restrictions run for the first BDAT command, so BDAT is counted as a message too.
+COUNTED_STATES = frozenset({"DATA", "BDAT"})
+
 
 class DecisionSettings(Protocol):
     """What the decision reads of the settings (the app's Settings satisfies it)."""

@@ -1,8 +1,9 @@
 """The asyncio policy server: listeners, connections, their limits and timeouts, shutdown.
 
-It only moves bytes: :mod:`policyd.protocol` parses them and the ``decide`` callable it is given
-makes each decision. One ``asyncio.Protocol`` per connection (cheaper than streams on the hot
-path); requests on one connection are answered in order, one at a time, as Postfix expects.
+It only moves bytes: :mod:`policyd.protocol` parses them and the ``answer`` callable it is
+given makes each decision (at once, or by calling back when Redis has answered). One
+``asyncio.Protocol`` per connection (cheaper than streams on the hot path); requests on one
+connection are answered in order, one at a time, as Postfix expects.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from policyd.connection import PolicyConnection
@@ -22,7 +23,9 @@ from ratelimit.listen import ListenAddress, bind_listeners
 
 log = logging.getLogger(__name__)
 
-Decide = Callable[[PolicyRequest], Awaitable[str]]
+# The decision: ``answer(request, later)`` returns the action, or None and calls ``later(action)``
+# once Redis has answered (``later(None)``: it failed, logged; the connection is closed unanswered).
+Answer = Callable[[PolicyRequest, Callable[[str | None], None]], str | None]
 
 # Postfix opens one connection per smtpd process; hundreds may connect at once after a reload,
 # and the kernel's default backlog (often 128) would make some wait for a SYN retry.
@@ -46,8 +49,8 @@ class ConnectionLimits:
 class PolicyServer:
     """Listens on every configured address and serves policy connections."""
 
-    def __init__(self, decide: Decide, limits: ConnectionLimits) -> None:
-        self.decide = decide
+    def __init__(self, answer: Answer, limits: ConnectionLimits) -> None:
+        self.answer = answer
         self.limits = limits
         self.connections: set[PolicyConnection] = set()
         self.listeners: list[asyncio.Server] = []

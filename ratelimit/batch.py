@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -28,9 +28,20 @@ from ratelimit.scripts import Script
 
 log = logging.getLogger("ratelimit.store")
 
+
+class ReplySlot(Protocol):
+    """Where one call's reply goes: an ``asyncio.Future`` is one; so is a decision that writes
+    its answer as soon as the reply is read (no task woken per decision)."""
+
+    def cancelled(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: type | BaseException, /) -> None: ...
+    def cancel(self, msg: Any | None = None) -> bool: ...
+
+
 # One call waiting for its batch: the script, the arguments its batch shares (the limits), its
-# own keys and arguments, and the future its reply goes to.
-_Pending = tuple[Script, list[Any], list[str], list[Any], "asyncio.Future[Any]"]
+# own keys and arguments, and where its reply goes.
+_Pending = tuple[Script, list[Any], list[str], list[Any], ReplySlot]
 
 
 class _ScriptCall:
@@ -54,11 +65,11 @@ def script_calls(batch: list[_Pending], *, per_slot: bool) -> list[_ScriptCall]:
     """The batch as few script calls as it can be: one per script and shared arguments (a SIGHUP
     may change the limits between two calls of one batch), and on a cluster one per slot too."""
     calls: dict[tuple[str, int, int], _ScriptCall] = {}
-    for index, (script, shared, keys, args, future) in enumerate(batch):
-        if future.done():  # its caller was cancelled: nothing to run
+    for index, (script, shared, keys, args, slot) in enumerate(batch):
+        if slot.cancelled():  # its caller was cancelled (or went away): nothing to run
             continue
-        slot = key_slot(keys[0].encode()) if per_slot else 0
-        group = (script.sha, id(shared), slot)
+        hash_slot = key_slot(keys[0].encode()) if per_slot else 0
+        group = (script.sha, id(shared), hash_slot)
         call = calls.get(group)
         if call is None:
             call = calls[group] = _ScriptCall(script, shared, keys[0])
@@ -66,6 +77,20 @@ def script_calls(batch: list[_Pending], *, per_slot: bool) -> list[_ScriptCall]:
         call.keys += keys
         call.args += args
     return list(calls.values())
+
+
+def _deliver(slot: ReplySlot, result: Any, failure: Exception | None) -> None:
+    """Hand one call its reply. A slot that is a decision writes its answer from here, so its
+    own bug is logged and stops there: it must not cost the rest of the batch their replies."""
+    if slot.cancelled():
+        return
+    try:
+        if failure is None:
+            slot.set_result(result)
+        else:
+            slot.set_exception(failure)
+    except Exception:
+        log.exception("delivering a Redis reply failed")
 
 
 def _call_failure(reply: Any, calls: int) -> Exception:
@@ -103,22 +128,22 @@ class Batcher:
         self._connection: Any = None  # the flusher's own connection, kept between batches
         self._slot_reloader: asyncio.Task[None] | None = None  # cluster only
 
-    async def run(self, script: Script, shared: list[Any], keys: list[str], args: list[Any]) -> Any:
+    def submit(
+        self, script: Script, shared: list[Any], keys: list[str], args: list[Any], slot: ReplySlot
+    ) -> None:
         """One call of a batch script, with the calls made together: those of one event-loop
-        turn, and those that arrive while the previous round trip is out.
+        turn, and those that arrive while the previous round trip is out. Its reply, or the
+        failure of its batch, goes to ``slot`` when read.
 
         The batch's own deadline (in :meth:`_flush`) bounds every caller's wait, so no timer is
-        armed per call; a caller that is cancelled cancels its future, which the flush then skips.
+        armed per call; a slot cancelled before its batch is sent is skipped.
         """
         self.breaker.check()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
         if not self._batch:
-            self._batch_since = loop.time()
-        self._batch.append((script, shared, keys, args, future))
+            self._batch_since = asyncio.get_running_loop().time()
+        self._batch.append((script, shared, keys, args, slot))
         if self._flusher is None:
-            self._flusher = loop.create_task(self._flush_while_pending())
-        return await future
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_while_pending())
 
     async def _flush_while_pending(self) -> None:
         """One round trip at a time: what arrives while a batch is out goes in the next one.
@@ -157,27 +182,23 @@ class Batcher:
             # One failed round trip is one failure, however many decisions rode on it.
             self.breaker.failed(describe(error))
             unavailable = StoreUnavailable(describe(error))
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(unavailable)
+            for *_, slot in batch:
+                _deliver(slot, None, unavailable)
             return
         except BaseException:
-            for *_, future in batch:
-                future.cancel()
+            for *_, slot in batch:
+                if not slot.cancelled():
+                    slot.cancel()
             raise
         self.breaker.succeeded()
         for call, reply in zip(calls, replies, strict=True):
             if isinstance(reply, list) and len(reply) == len(call.calls):
                 for index, result in zip(call.calls, reply, strict=True):
-                    future = batch[index][-1]
-                    if not future.done():
-                        future.set_result(result)
+                    _deliver(batch[index][-1], result, None)
                 continue
             failure = _call_failure(reply, len(call.calls))
             for index in call.calls:
-                future = batch[index][-1]
-                if not future.done():
-                    future.set_exception(failure)
+                _deliver(batch[index][-1], None, failure)
 
     async def _execute(self, calls: list[_ScriptCall]) -> list[Any]:
         """The script calls in one write on one pooled connection, then their replies in order.

@@ -6,13 +6,41 @@ exact address. Exempt networks never reach Redis at all.
 
 from __future__ import annotations
 
-import enum
+import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ratelimit.addresses import IPAddress, IPNetwork, client_network, in_networks
 from ratelimit.limits import Limit
 from ratelimit.store import Script, Store
+from ratelimit.verdicts import (
+    Counted,
+    Decided,
+    FutureVerdict,
+    Limited,
+    Mode,
+    Outcome,
+    Passed,
+    ScriptReply,
+    Verdict,
+    VerdictWaiter,
+)
+
+# Importers name the verdict types as the limiter's.
+__all__ = [
+    "Counted",
+    "Decided",
+    "LimitConfig",
+    "Limited",
+    "Limiter",
+    "Mode",
+    "Outcome",
+    "Passed",
+    "Usage",
+    "Verdict",
+    "VerdictWaiter",
+]
 
 # Postfix's recipient_count is at most smtpd_recipient_limit (1000 by default); anything far
 # beyond is a broken or hostile request, and a value that large must not reach Lua's numbers.
@@ -24,69 +52,6 @@ _DECIDE = Script("decide")
 # requests skip ipaddress' network arithmetic and string building (a few µs each). A relay sees
 # a working set of thousands; when this many are held the memo starts again from empty.
 MAX_REMEMBERED_CLIENTS = 16_384
-
-
-class Outcome(enum.Enum):
-    """What the limiter decided."""
-
-    ACCEPTED = "accepted"  # within every limit (and counted, at DATA)
-    WHITELISTED = "whitelisted"  # a live grant for the exact address: not limited, not counted
-    EXEMPT = "exempt"  # in EXEMPT_NETWORKS: not limited, not counted, Redis not asked
-    LIMITED = "limited"  # a limit is reached: refuse, nothing counted
-
-
-class Decided(enum.IntEnum):
-    """decide.lua's first reply element: what the script decided (see its header)."""
-
-    ACCEPTED = 0
-    WHITELISTED = 1
-    MESSAGE_LIMIT = 2  # the reply's index is a MESSAGE_LIMITS entry (1-based)
-    RECIPIENT_LIMIT = 3  # ... a RECIPIENT_LIMITS entry
-    USAGE = 4  # "usage" mode: the counts follow
-
-
-class Mode(enum.Enum):
-    """Each decision's first argument to decide.lua (after the limits the batch shares)."""
-
-    COUNT = "count"  # DATA: check and record
-    CHECK = "check"  # RCPT: message limits only, nothing recorded
-    USAGE = "usage"  # `show`: every limit's count, nothing decided
-
-
-class Counted(enum.Enum):
-    """What a limit counts."""
-
-    MESSAGES = "messages"
-    RECIPIENTS = "recipients"
-
-
-@dataclass(frozen=True, slots=True)
-class Passed:
-    """Not limited: accepted (and counted, at DATA), whitelisted or exempt."""
-
-    outcome: Outcome  # never LIMITED: a refusal is a Limited, with what its log line needs
-    network: str
-
-
-@dataclass(frozen=True, slots=True)
-class Limited:
-    """A limit is reached: refuse, nothing counted; everything the refusal's log line needs."""
-
-    network: str
-    limit: Limit
-    counted: Counted
-    used: int  # what the reached limit had counted before this message
-    # The client's refusals this hour, set only on the one refusal (across every daemon sharing
-    # the Redis) that brought them to OFFENDER_THRESHOLD: log it as likely compromised.
-    compromised: int = 0
-
-    @property
-    def outcome(self) -> Outcome:
-        return Outcome.LIMITED
-
-
-# A decision: each outcome carries exactly its fields, so no reader asserts one is present.
-Verdict = Passed | Limited
 
 
 class LimitSettings(Protocol):
@@ -171,13 +136,37 @@ class Limiter:
         config = self.config
         return str(client_network(address, config.ipv4_prefix, config.ipv6_prefix))
 
-    async def count_message(self, address: IPAddress, recipients: int) -> Verdict:
-        """DATA: refuse if this message would exceed any limit, else count it. One round trip."""
-        return await self._decide(address, Mode.COUNT, recipients)
+    # Plain functions returning the decision's coroutine: one frame less on every decision.
 
-    async def check(self, address: IPAddress) -> Verdict:
+    def count_message(self, address: IPAddress, recipients: int) -> Coroutine[Any, Any, Verdict]:
+        """DATA: refuse if this message would exceed any limit, else count it. One round trip."""
+        return self._decide(address, Mode.COUNT, recipients)
+
+    def check(self, address: IPAddress) -> Coroutine[Any, Any, Verdict]:
         """RCPT: refuse when the client is already at a message limit; counts nothing."""
-        return await self._decide(address, Mode.CHECK, 0)
+        return self._decide(address, Mode.CHECK, 0)
+
+    def submit(
+        self, address: IPAddress, mode: Mode, recipients: int, waiter: VerdictWaiter
+    ) -> Verdict | None:
+        """The decision without a coroutine: the verdict now when Redis need not be asked
+        (exempt, no limits); else None, and the verdict goes to ``waiter`` as soon as Redis'
+        reply is read. Raises StoreUnavailable at once while the circuit breaker is open."""
+        network, keys = self._client(address)
+        if keys is None:
+            return Passed(Outcome.EXEMPT, network)
+        config = self.config
+        if not config.message_limits and not config.recipient_limits:
+            return Passed(Outcome.ACCEPTED, network)
+        recipients = min(max(recipients, 0), MAX_RECIPIENTS)
+        self.store.submit_batched(
+            _DECIDE,
+            self._args,
+            keys,
+            [mode.value, recipients],
+            ScriptReply(config, network, waiter),
+        )
+        return None
 
     def _client(self, address: IPAddress) -> tuple[str, list[str] | None]:
         """The network ``address`` is counted under and the script's keys (None: exempt)."""
@@ -205,25 +194,11 @@ class Limiter:
         return found
 
     async def _decide(self, address: IPAddress, mode: Mode, recipients: int) -> Verdict:
-        config, args = self.config, self._args
-        network, keys = self._client(address)
-        if keys is None:
-            return Passed(Outcome.EXEMPT, network)
-        if not config.message_limits and not config.recipient_limits:
-            return Passed(Outcome.ACCEPTED, network)
-        recipients = min(max(recipients, 0), MAX_RECIPIENTS)
-        reply = await self.store.run_batched(_DECIDE, args, keys, [mode.value, recipients])
-        code = reply[0]
-        if code == Decided.ACCEPTED:
-            return Passed(Outcome.ACCEPTED, network)
-        if code == Decided.WHITELISTED:
-            return Passed(Outcome.WHITELISTED, network)
-        _, index, used, compromised = reply
-        if code == Decided.MESSAGE_LIMIT:
-            limit, counted = config.message_limits[index - 1], Counted.MESSAGES
-        else:
-            limit, counted = config.recipient_limits[index - 1], Counted.RECIPIENTS
-        return Limited(network, limit, counted, used, compromised)
+        waiter = FutureVerdict(asyncio.get_running_loop().create_future())
+        verdict = self.submit(address, mode, recipients, waiter)
+        if verdict is not None:
+            return verdict
+        return await waiter.future
 
     async def usage(self, address: IPAddress) -> list[Usage]:
         """Every limit's current use for the client's network (``smtp-whitelist show``)."""

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from ratelimit.batch import Batcher
+from ratelimit.batch import Batcher, ReplySlot
 from ratelimit.breaker import BREAKER_PROBE_INTERVAL, BREAKER_THRESHOLD, CircuitBreaker
 from ratelimit.connections import build_client, close_client
 from ratelimit.errors import NotReplicated, StoreError, StoreUnavailable, describe
@@ -33,6 +33,7 @@ __all__ = [
     "CircuitBreaker",
     "KeyLayout",
     "NotReplicated",
+    "ReplySlot",
     "Script",
     "Store",
     "StoreError",
@@ -228,13 +229,23 @@ class Store:
         info: dict[str, Any] = await self.call(lambda: self._client.info("server"))
         return info
 
-    async def run_batched(
+    def run_batched(
         self, script: Script, shared: list[Any], keys: list[str], args: list[Any]
-    ) -> Any:
+    ) -> asyncio.Future[Any]:
         """One call of a batch script (``shared`` arguments first, then each call's own), run
         with the calls made together in one script call and one round trip
-        (:class:`ratelimit.batch.Batcher`); this call's reply."""
-        return await self.batcher.run(script, shared, keys, args)
+        (:class:`ratelimit.batch.Batcher`); await the future for this call's reply. Raises
+        :class:`StoreUnavailable` at once while the circuit breaker is open."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.batcher.submit(script, shared, keys, args, future)
+        return future
+
+    def submit_batched(
+        self, script: Script, shared: list[Any], keys: list[str], args: list[Any], slot: ReplySlot
+    ) -> None:
+        """Like :meth:`run_batched`, the reply (or StoreUnavailable) going to ``slot`` as soon as
+        it is read: the policy server's decisions, which answer from there."""
+        self.batcher.submit(script, shared, keys, args, slot)
 
     async def aclose(self) -> None:
         await self.batcher.aclose()

@@ -71,7 +71,9 @@ def build_policy(
         watch.set_limits(*smallest_counts(settings))
     observer: StageObserver | None = watch
     decider = PolicyDecider.from_settings(limiter, settings, observer, report, metrics)
-    return Policy(limiter, decider, PolicyServer(decider, connection_limits(settings)), watch)
+    return Policy(
+        limiter, decider, PolicyServer(decider.answer, connection_limits(settings)), watch
+    )
 
 
 def build_webhook(

@@ -106,15 +106,13 @@ async def test_calls_with_different_limits_in_one_batch_are_each_judged_by_their
     loose = LimitConfig.from_settings(make_settings(redis_server.url, message_limits="5/1m"))
     keys = store.keys
 
-    def call(ip: str, config: LimitConfig) -> asyncio.Future[list[int]]:
+    def call(ip: str, config: LimitConfig) -> asyncio.Future[Any]:
         network = f"{ip}/32"
-        return asyncio.ensure_future(
-            store.run_batched(
-                DECIDE,
-                config.script_args(),
-                [keys.client_log(network), keys.grant(ip, network), keys.offender(ip, network)],
-                ["count", 1],
-            )
+        return store.run_batched(
+            DECIDE,
+            config.script_args(),
+            [keys.client_log(network), keys.grant(ip, network), keys.offender(ip, network)],
+            ["count", 1],
         )
 
     replies = await asyncio.gather(

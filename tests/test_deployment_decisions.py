@@ -166,7 +166,7 @@ async def test_pending_summaries_are_logged_at_stop(
         for _ in range(5):
             await client.ask(protocol_state="RCPT", client_address=CAMPUS)
         await client.aclose()
-        decider = running.server.decide
+        decider = running.server.answer.__self__  # type: ignore[attr-defined]
         assert isinstance(decider, PolicyDecider)
         with caplog.at_level(logging.INFO, logger="policyd.decision"):
             decider.flush()

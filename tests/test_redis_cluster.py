@@ -200,9 +200,10 @@ async def test_a_dead_master_fails_only_its_slots_and_its_replica_takes_over(
 
 async def decide_all(limiter: Limiter, addresses: list[IPAddress]) -> list[Any]:
     """One DATA decision for each address, all at once; failures returned, not raised."""
-    return await asyncio.gather(
+    results: list[Any] = await asyncio.gather(
         *(limiter.count_message(a, 1) for a in addresses), return_exceptions=True
     )
+    return results
 
 
 async def test_page_sessions_work_on_a_cluster(redis_cluster: Cluster) -> None:
