@@ -34,7 +34,7 @@ import redis
 
 from benchmarks.loadgen import LoadResult, client_ips, run_load, run_load_processes
 from benchmarks.openloop import run_open_loop
-from benchmarks.targets import HEADER, OpenRound, closed_rows, open_rows
+from benchmarks.targets import HEADER, OpenRound, OpenTriple, closed_rows, open_rows
 from ratelimit.limiter import LimitConfig, Limiter
 from ratelimit.limits import Limit
 from ratelimit.store import KeyLayout, Store
@@ -113,6 +113,19 @@ class Processes:
 
     def null_server(self, port: int) -> int:
         return self.start([sys.executable, "-m", "benchmarks.nullserver", f"{HOST}:{port}"], port)
+
+    def floor_server(self, port: int, redis_port: int) -> int:
+        return self.start(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.floorserver",
+                f"{HOST}:{port}",
+                "--redis",
+                f"{HOST}:{redis_port}",
+            ],
+            port,
+        )
 
     def policyd(self, port: int, redis_port: int, **settings: str) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_WHITELIST_")}
@@ -197,13 +210,13 @@ def open_loop_table(
     rates: Sequence[float],
     duration: float,
     rounds: int,
-    null: tuple[int, int],
-    ours: tuple[int, int],
+    servers: Sequence[tuple[str, int, int]],
     redis_pid: int,
-) -> tuple[list[str], dict[float, list[tuple[OpenRound, OpenRound]]]]:
+) -> tuple[list[str], dict[float, list[OpenTriple]]]:
     """Latency at fixed offered rates (benchmarks.openloop), null then ours, ``rounds`` times per
     rate: percentiles counted from each request's due time, the longest answer, and CPU per
-    decision (the server's, and the server's plus Redis'). The lines, and the rounds."""
+    decision (the server's, and the server's plus Redis'). ``servers``: (name, port, pid) of
+    null, ours and floor, in that order. The lines, and the rounds."""
     lines = [
         f"open loop: 20 connections, 10,000 client IPs, DATA, {duration:.0f} s per rate and"
         f" server, {rounds} rounds; latency from the due time",
@@ -211,11 +224,11 @@ def open_loop_table(
         " | +Redis us/req |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    measured: dict[float, list[tuple[OpenRound, OpenRound]]] = {}
+    measured: dict[float, list[OpenTriple]] = {}
     for rate in rates:
         for i in range(rounds):
             pair = []
-            for name, (port, pid) in (("null", null), ("ours", ours)):
+            for name, port, pid in servers:
                 before, redis_before = cpu_seconds(pid), cpu_seconds(redis_pid)
                 result = run_open_loop(HOST, port, rate=rate, duration=duration)
                 answered = max(result.load.requests, 1)
@@ -235,7 +248,7 @@ def open_loop_table(
                     f" {result.percentile(99):.3f} | {result.percentile(99.9):.3f} |"
                     f" {result.longest_ms:.3f} | {cpu:.1f} | {cpu + redis_cpu:.1f} |"
                 )
-            measured.setdefault(rate, []).append((pair[0], pair[1]))
+            measured.setdefault(rate, []).append((pair[0], pair[1], pair[2]))
     return lines, measured
 
 
@@ -455,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
             redis_pid = procs.redis(redis_port)
             null_pid = procs.null_server(null_port)
             ours_pid = procs.policyd(ours_port, redis_port, **served())
+            floor_port = free_port()
+            floor_pid = procs.floor_server(floor_port, redis_port)
             client = redis.Redis(host=HOST, port=redis_port)
             for line in machine():
                 say(f"# {line}")
@@ -463,14 +478,17 @@ def main(argv: list[str] | None = None) -> int:
                 f" requests or {args.duration:.0f} s per round, {args.rounds} rounds (median)"
             )
             # Warm-up: connections, script cache, allocator, CPU frequency.
-            for port in (null_port, ours_port):
+            for port in (null_port, ours_port, floor_port):
                 run_load(HOST, port, requests=5_000, duration=10)
             null_rounds: list[Round] = []
             our_rounds: list[Round] = []
+            floor_rounds: list[Round] = []
+            names = {null_port: "null", ours_port: "ours", floor_port: "floor"}
             for i in range(args.rounds):
                 for port, pid, rounds in (
                     (null_port, null_pid, null_rounds),
                     (ours_port, ours_pid, our_rounds),
+                    (floor_port, floor_pid, floor_rounds),
                 ):
                     r = measure(
                         [(HOST, port)],
@@ -481,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                         seed=i + 1,
                     )
                     rounds.append(r)
-                    name = "null" if port == null_port else "ours"
+                    name = names[port]
                     say(
                         f"# round {i + 1} {name}: {r.result.rate:,.0f} req/s,"
                         f" p99 {r.result.percentile(99):.3f} ms, {r.per_1k:.4f} CPU s/1k"
@@ -491,18 +509,23 @@ def main(argv: list[str] | None = None) -> int:
                 say(line)
 
             rates = [float(r) for r in args.open_rates.split(",") if r.strip()]
-            open_rounds: dict[float, list[tuple[OpenRound, OpenRound]]] = {}
+            open_rounds: dict[float, list[OpenTriple]] = {}
             if rates:
                 say()
+                servers = [
+                    ("null", null_port, null_pid),
+                    ("ours", ours_port, ours_pid),
+                    ("floor", floor_port, floor_pid),
+                ]
                 lines, open_rounds = open_loop_table(
-                    rates, args.open_duration, args.rounds, (null_port, null_pid),
-                    (ours_port, ours_pid), redis_pid,
-                )  # fmt: skip
+                    rates, args.open_duration, args.rounds, servers, redis_pid
+                )
                 for line in lines:
                     say(line)
             say()
             say("issue 13's targets, from this run:")
-            for line in HEADER + closed_rows(null_rounds, our_rounds) + open_rows(open_rounds):
+            rows = closed_rows(null_rounds, our_rounds, floor_rounds) + open_rows(open_rounds)
+            for line in HEADER + rows:
                 say(line)
 
             say()

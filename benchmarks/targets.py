@@ -56,63 +56,74 @@ LONGEST_MS = 10.0
 BOTH_AT_1000 = Target("daemon + Redis CPU per decision at 1,000/s", "3.8x", "<= 2.5x", 2.5, True)
 
 
-def _row(target: Target, ratios: Sequence[float], unit: str = "x") -> str:
+def _row(target: Target, ratios: Sequence[float], floors: Sequence[float], unit: str = "x") -> str:
     middle = statistics.median(ratios)
     met = middle <= target.limit if target.at_most else middle >= target.limit
     spread = f"{min(ratios):.2f}-{max(ratios):.2f}{unit}"
     return (
-        f"| {target.measure} | {target.before} | {middle:.2f}{unit} ({spread}) | {target.goal} |"
-        f" {'yes' if met else 'NO'} |"
+        f"| {target.measure} | {target.before} | {middle:.2f}{unit} ({spread}) |"
+        f" {statistics.median(floors):.2f}{unit} | {target.goal} | {'yes' if met else 'NO'} |"
     )
 
 
-def closed_rows(null: Sequence[ClosedRound], ours: Sequence[ClosedRound]) -> list[str]:
-    pairs = list(zip(null, ours, strict=True))
+def closed_rows(
+    null: Sequence[ClosedRound], ours: Sequence[ClosedRound], floor: Sequence[ClosedRound]
+) -> list[str]:
+    """Each closed-loop target: ours against null, and the floor server against null."""
 
-    def ratios(figure: Callable[[ClosedRound, ClosedRound], float]) -> list[float]:
-        return [figure(n, o) for n, o in pairs]
+    def row(target: Target, figure: Callable[[ClosedRound, ClosedRound], float]) -> str:
+        return _row(
+            target,
+            [figure(n, o) for n, o in zip(null, ours, strict=True)],
+            [figure(n, f) for n, f in zip(null, floor, strict=True)],
+        )
 
     return [
-        _row(THROUGHPUT, ratios(lambda n, o: o.rate / n.rate)),
-        _row(DAEMON_CPU, ratios(lambda n, o: o.per_1k / n.per_1k)),
-        _row(REDIS_CPU, ratios(lambda n, o: o.redis_per_1k / n.per_1k)),
-        _row(BOTH_CPU, ratios(lambda n, o: (o.per_1k + o.redis_per_1k) / n.per_1k)),
+        row(THROUGHPUT, lambda n, o: o.rate / n.rate),
+        row(DAEMON_CPU, lambda n, o: o.per_1k / n.per_1k),
+        row(REDIS_CPU, lambda n, o: o.redis_per_1k / n.per_1k),
+        row(BOTH_CPU, lambda n, o: (o.per_1k + o.redis_per_1k) / n.per_1k),
     ]
 
 
-def open_rows(rounds: dict[float, list[tuple[OpenRound, OpenRound]]]) -> list[str]:
-    """``rounds``: per offered rate, the (null, ours) pairs of its rounds."""
+# One open-loop round at one rate: the null server's, ours, and the floor server's.
+OpenTriple = tuple[OpenRound, OpenRound, OpenRound]
+
+
+def open_rows(rounds: dict[float, list[OpenTriple]]) -> list[str]:
+    """``rounds``: per offered rate, the (null, ours, floor) results of its rounds."""
+
+    def row(target: Target, figure: Callable[[OpenRound, OpenRound], float], rate: float) -> str:
+        return _row(
+            target,
+            [figure(n, o) for n, o, _ in rounds[rate]],
+            [figure(n, f) for n, _, f in rounds[rate]],
+        )
+
     lines = []
-    for rate, pairs in rounds.items():
-        lines.append(
-            _row(
-                Target(f"p99 at {rate:,.0f}/s", P99_BEFORE.get(rate, "-"), "<= 2x", 2.0, True),
-                [o.p99 / n.p99 for n, o in pairs],
-            )
-        )
-    for rate, pairs in rounds.items():
-        before = "37x (at 1,000/s)" if rate == 1000 else "-"
-        lines.append(
-            _row(
-                Target(f"p99.9 at {rate:,.0f}/s", before, P999, 3.0, True),
-                [o.p999 / n.p999 for n, o in pairs],
-            )
-        )
-    longest = [max(o.longest for _, o in pairs) for pairs in zip(*rounds.values(), strict=True)]
+    for rate in rounds:
+        target = Target(f"p99 at {rate:,.0f}/s", P99_BEFORE.get(rate, "-"), "<= 2x", 2.0, True)
+        lines.append(row(target, lambda n, o: o.p99 / n.p99, rate))
+    for rate in rounds:
+        before = "37x" if rate == 1000 else "-"
+        target = Target(f"p99.9 at {rate:,.0f}/s", before, P999, 3.0, True)
+        lines.append(row(target, lambda n, o: o.p999 / n.p999, rate))
+    per_round = list(zip(*rounds.values(), strict=True))  # each: that round at every rate
     lines.append(
         _row(
             Target("longest answer, any rate (ms)", "30 ms", "<= 10 ms", LONGEST_MS, True),
-            longest,
+            [max(o.longest for _, o, _ in triples) for triples in per_round],
+            [max(f.longest for _, _, f in triples) for triples in per_round],
             " ms",
         )
     )
     if 1000.0 in rounds:
-        lines.append(_row(BOTH_AT_1000, [(o.cpu + o.redis_cpu) / n.cpu for n, o in rounds[1000.0]]))
+        lines.append(row(BOTH_AT_1000, lambda n, o: (o.cpu + o.redis_cpu) / n.cpu, 1000.0))
     return lines
 
 
 HEADER = [
-    "| measure (ratio to the null server, median of rounds (range)) | before (issue 13)"
-    " | this run | target | met |",
-    "|---|---|---|---|---|",
+    "| measure (ratio to the null server; median of rounds (range)) | before (issue 13)"
+    " | this run | floor: one bare PING per batch | target | met |",
+    "|---|---|---|---|---|---|",
 ]
