@@ -144,3 +144,44 @@ async def test_a_grant_inside_a_batch_lets_only_its_own_address_through(
         Outcome.LIMITED,
         Outcome.LIMITED,
     ]
+
+
+async def test_windows_read_once_or_counted_give_the_same_counts(
+    store: Store, redis_server: RedisServer
+) -> None:
+    """A message limit longer than every recipient window is counted with ZCOUNT, shorter ones
+    from the recipient window read: both agree with what was sent."""
+    limiter = limiter_for(store, redis_server, message_limits="3/2s,4/1h", recipient_limits="6/2s")
+    client = parse_ip("192.0.2.30")
+    assert [(await limiter.count_message(client, 2)).outcome for _ in range(4)] == [
+        Outcome.ACCEPTED,
+        Outcome.ACCEPTED,
+        Outcome.ACCEPTED,
+        Outcome.LIMITED,  # 3/2s (and 6 recipients in 2 s)
+    ]
+    assert [u.used for u in await limiter.usage(client)] == [3, 3, 6]
+    await asyncio.sleep(2.1)  # the 2 s windows are empty again; the hour still holds 3
+    assert [u.used for u in await limiter.usage(client)] == [0, 3, 0]
+    verdicts = [await limiter.count_message(client, 1) for _ in range(2)]
+    assert [v.outcome for v in verdicts] == [Outcome.ACCEPTED, Outcome.LIMITED]
+    refused = verdicts[1]
+    assert isinstance(refused, Limited)
+    assert str(refused.limit) == "4/1h"
+    assert refused.used == 4
+
+
+async def test_entries_past_the_longest_window_are_dropped_when_the_next_is_counted(
+    store: Store, redis_server: RedisServer
+) -> None:
+    limiter = limiter_for(store, redis_server, message_limits="5/1s", recipient_limits="9/2s")
+    client = parse_ip("192.0.2.31")
+    key = store.keys.client_log("192.0.2.31/32")
+    for _ in range(3):
+        await limiter.count_message(client, 3)
+    assert redis_server.cli("ZCARD", key) == "3"
+    assert (await limiter.count_message(client, 1)).outcome is Outcome.LIMITED  # 10 > 9 in 2 s
+    await asyncio.sleep(2.1)
+    assert (await limiter.check(client)).outcome is Outcome.ACCEPTED  # reading drops nothing
+    assert redis_server.cli("ZCARD", key) == "3"
+    assert (await limiter.count_message(client, 9)).outcome is Outcome.ACCEPTED
+    assert redis_server.cli("ZCARD", key) == "1"  # the three stale ones went as it was added

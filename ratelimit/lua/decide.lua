@@ -45,6 +45,13 @@ for j = 1, r do
   if w > longest then longest = w end
 end
 local threshold = tonumber(ARGV[2 * m + 2 * r + 3])
+
+-- What every decision of the batch writes or reads the same way, as strings made once.
+local now_text = int(now)
+for i = 1, m do message_limits[i][3] = int(now - message_limits[i][2]) end
+for j = 1, r do recipient_limits[j][3] = int(now - recipient_limits[j][2]) end
+local stale_before = '(' .. int(now - longest)
+local log_ttl = int(math.ceil(longest / 1000) + 1000)
 local first_decision_arg = 2 * m + 2 * r + 4
 
 -- The offender view (`smtp-whitelist top`): a refusal is also counted per client address, in
@@ -59,7 +66,7 @@ local function refused(offender, code, i, used, limit)
   local count = redis.call('HINCRBY', offender, 'h' .. hour, 1)
   local kind = (code == 2) and 'messages' or 'recipients'
   redis.call('HSET', offender, 'limit', kind .. ' ' .. int(limit[1]) .. ' ' .. int(limit[2] / 1000000),
-    'last', int(now))
+    'last', now_text)
   if count == 1 then
     -- A new hour: forget the hours that `top` no longer reads (at most one per hour).
     for _, field in ipairs(redis.call('HKEYS', offender)) do
@@ -79,11 +86,11 @@ local function decide(log, grant, offender, mode, rcpts)
   if mode == 'count' then
     -- Entries older than the longest window can never count again: drop them, so a client's
     -- log holds at most what its limits allow. (Only when about to add: reading needs no trim.)
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', '(' .. int(now - longest))
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', stale_before)
   end
   for i = 1, m do
     local limit = message_limits[i]
-    local used = redis.call('ZCOUNT', log, int(now - limit[2]), '+inf')
+    local used = redis.call('ZCOUNT', log, limit[3], '+inf')
     if mode == 'usage' then
       usage[#usage + 1] = used
     elseif (mode == 'count' and used + 1 > limit[1]) or (mode == 'check' and used >= limit[1]) then
@@ -98,7 +105,7 @@ local function decide(log, grant, offender, mode, rcpts)
   for j = 1, r do
     local limit = recipient_limits[j]
     local used = 0
-    for _, member in ipairs(redis.call('ZRANGE', log, int(now - limit[2]), '+inf', 'BYSCORE')) do
+    for _, member in ipairs(redis.call('ZRANGE', log, limit[3], '+inf', 'BYSCORE')) do
       used = used + tonumber(string.match(member, '^(%d+)'))
     end
     if mode == 'usage' then
@@ -111,14 +118,14 @@ local function decide(log, grant, offender, mode, rcpts)
     return usage
   end
   if longest > 0 then
-    local member = int(rcpts) .. ':' .. int(now)
+    local member = int(rcpts) .. ':' .. now_text
     local n = 0
-    while redis.call('ZADD', log, 'NX', int(now), member) == 0 do
+    while redis.call('ZADD', log, 'NX', now_text, member) == 0 do
       n = n + 1
-      member = int(rcpts) .. ':' .. int(now) .. ':' .. n
+      member = int(rcpts) .. ':' .. now_text .. ':' .. n
     end
     -- The log expires a little after its newest entry leaves the longest window.
-    redis.call('PEXPIRE', log, int(math.ceil(longest / 1000) + 1000))
+    redis.call('PEXPIRE', log, log_ttl)
   end
   return {0, 0, 0, 0}
 end
