@@ -15,7 +15,6 @@ import contextlib
 import logging
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,7 +22,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ratelimit.breaker import CircuitBreaker
 from ratelimit.errors import StoreError, StoreUnavailable, describe
-from ratelimit.node_calls import Command, execute_on_nodes, roundtrip
+from ratelimit.node_calls import Command, execute_on_nodes
 from ratelimit.scripts import Script
 
 log = logging.getLogger("ratelimit.store")
@@ -44,7 +43,7 @@ class ReplySlot(Protocol):
 _Pending = tuple[Script, list[Any], list[str], list[Any], ReplySlot]
 
 
-class _ScriptCall:
+class ScriptCall:
     """One EVALSHA of a batch script: the calls (indices into the batch) it carries."""
 
     __slots__ = ("args", "calls", "keys", "route", "script", "shared")
@@ -61,10 +60,10 @@ class _ScriptCall:
         return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.shared, *self.args)
 
 
-def script_calls(batch: list[_Pending], *, per_slot: bool) -> list[_ScriptCall]:
+def script_calls(batch: list[_Pending], *, per_slot: bool) -> list[ScriptCall]:
     """The batch as few script calls as it can be: one per script and shared arguments (a SIGHUP
     may change the limits between two calls of one batch), and on a cluster one per slot too."""
-    calls: dict[tuple[str, int, int], _ScriptCall] = {}
+    calls: dict[tuple[str, int, int], ScriptCall] = {}
     for index, (script, shared, keys, args, slot) in enumerate(batch):
         if slot.cancelled():  # its caller was cancelled (or went away): nothing to run
             continue
@@ -72,11 +71,28 @@ def script_calls(batch: list[_Pending], *, per_slot: bool) -> list[_ScriptCall]:
         group = (script.sha, id(shared), hash_slot)
         call = calls.get(group)
         if call is None:
-            call = calls[group] = _ScriptCall(script, shared, keys[0])
+            call = calls[group] = ScriptCall(script, shared, keys[0])
         call.calls.append(index)
         call.keys += keys
         call.args += args
     return list(calls.values())
+
+
+def deliver_replies(batch: list[_Pending], calls: list[ScriptCall], replies: list[Any]) -> None:
+    """Each call of the batch gets its reply (or its script call's failure)."""
+    for call, reply in zip(calls, replies, strict=True):
+        if isinstance(reply, list) and len(reply) == len(call.calls):
+            for index, result in zip(call.calls, reply, strict=True):
+                _deliver(batch[index][-1], result, None)
+            continue
+        failure = _call_failure(reply, len(call.calls))
+        for index in call.calls:
+            _deliver(batch[index][-1], None, failure)
+
+
+def fail_all(batch: list[_Pending], failure: Exception) -> None:
+    for *_, slot in batch:
+        _deliver(slot, None, failure)
 
 
 def _deliver(slot: ReplySlot, result: Any, failure: Exception | None) -> None:
@@ -102,30 +118,17 @@ def _call_failure(reply: Any, calls: int) -> Exception:
     return StoreError(f"the batch script answered {reply!r:.80} for {calls} calls")
 
 
-# A kept connection that Redis has closed (its idle `timeout`, a restart, a NAT or firewall that
-# forgets idle flows) is only found out when a command is written on it, and says nothing about
-# Redis itself. Such a call is tried once more, on a fresh connection, within the same
-# STORE_TIMEOUT. A timeout is never retried: Redis is slow or gone, and the deadline is spent.
-STALE_CONNECTION_ERRORS = (RedisConnectionError, ConnectionError)
-
-
-class _Stale(Exception):
-    """A batch failed on a connection that had served before, with no reply read from it."""
-
-
 class Batcher:
-    """The batches of one store: one round trip at a time, on a connection kept between them."""
+    """The batches of one store on a Redis Cluster: one round trip at a time, each script call
+    on its slot's master (a single Redis or Sentinel's master: link.LinkBatcher)."""
 
-    def __init__(
-        self, client: aioredis.Redis | RedisCluster, timeout: float, breaker: CircuitBreaker
-    ) -> None:
+    def __init__(self, client: RedisCluster, timeout: float, breaker: CircuitBreaker) -> None:
         self.client = client
         self.timeout = timeout
         self.breaker = breaker
         self._batch: list[_Pending] = []
         self._batch_since = 0.0  # loop time the oldest decision of the next batch arrived
         self._flusher: asyncio.Task[None] | None = None
-        self._connection: Any = None  # the flusher's own connection, kept between batches
         self._slot_reloader: asyncio.Task[None] | None = None  # cluster only
 
     def submit(
@@ -162,14 +165,10 @@ class Batcher:
             self._flusher = None
 
     async def _flush(self, batch: list[_Pending], deadline: float) -> None:
-        calls = script_calls(batch, per_slot=isinstance(self.client, RedisCluster))
+        calls = script_calls(batch, per_slot=True)
         try:
             async with asyncio.timeout_at(deadline):
-                try:
-                    replies = await self._execute(calls)
-                except _Stale as stale:
-                    log.debug("Redis connection found closed (%s); trying once more", stale)
-                    replies = await self._execute(calls)
+                replies = await self._execute(calls)
                 missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
                 if missing:
                     # Redis restarted and lost its script cache: load once, run those again.
@@ -181,9 +180,7 @@ class Batcher:
         except (RedisError, OSError, TimeoutError) as error:
             # One failed round trip is one failure, however many decisions rode on it.
             self.breaker.failed(describe(error))
-            unavailable = StoreUnavailable(describe(error))
-            for *_, slot in batch:
-                _deliver(slot, None, unavailable)
+            fail_all(batch, StoreUnavailable(describe(error)))
             return
         except BaseException:
             for *_, slot in batch:
@@ -191,53 +188,13 @@ class Batcher:
                     slot.cancel()
             raise
         self.breaker.succeeded()
-        for call, reply in zip(calls, replies, strict=True):
-            if isinstance(reply, list) and len(reply) == len(call.calls):
-                for index, result in zip(call.calls, reply, strict=True):
-                    _deliver(batch[index][-1], result, None)
-                continue
-            failure = _call_failure(reply, len(call.calls))
-            for index in call.calls:
-                _deliver(batch[index][-1], None, failure)
+        deliver_replies(batch, calls, replies)
 
-    async def _execute(self, calls: list[_ScriptCall]) -> list[Any]:
-        """The script calls in one write on one pooled connection, then their replies in order.
-
-        Packed by hiredis (C) and written on a connection from redis-py's pool, without redis-py's
-        Pipeline: its per-command bookkeeping and pure-Python packing cost more than all the rest
-        of a decision (profiled, BENCHMARKS.md). An error reply (NOSCRIPT after a Redis restart)
-        is a reply, so the caller can retry just those.
-        """
-        if isinstance(self.client, RedisCluster):
-            return await self._execute_on_cluster(calls)
-        pool = self.client.connection_pool
-        connection = self._connection
-        kept = connection is not None
-        if connection is None:
-            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-            # The batch's own deadline bounds every read (the pool sets no socket timeout).
-            self._connection = connection
-        replies: list[Any] = []
-        try:
-            await roundtrip(connection, [call.command() for call in calls], replies)
-        except BaseException as error:
-            # Replies may still be on their way: this connection can never be trusted again.
-            self._connection = None
-            await connection.disconnect(nowait=True)
-            await pool.release(connection)
-            if kept and not replies and isinstance(error, STALE_CONNECTION_ERRORS):
-                # Found closed before any reply: the connection died while idle (before the batch
-                # reached a running Redis), so a second try cannot count a message twice.
-                raise _Stale(describe(error)) from error
-            raise
-        return replies
-
-    async def _execute_on_cluster(self, calls: list[_ScriptCall]) -> list[Any]:
+    async def _execute(self, calls: list[ScriptCall]) -> list[Any]:
         """Script calls on a cluster: each carries the calls of one slot (KeyLayout's hash tags);
-        the script calls for each node go in one write, all nodes at once."""
+        the script calls for each node go in one write, all nodes at once. An error reply
+        (NOSCRIPT after a restart) is a reply, so the caller can retry just those."""
         client = self.client
-        if not isinstance(client, RedisCluster):  # pragma: no cover - only called for a cluster
-            raise TypeError("not a cluster client")
         replies = await execute_on_nodes(client, [(call.route, call.command()) for call in calls])
         failed = [
             r for r in replies if isinstance(r, RedisConnectionError | OSError | TimeoutError)
@@ -251,17 +208,12 @@ class Batcher:
     async def _reload_slots(self) -> None:
         """After a node failed: reload the slot map (a replica may have been promoted), then
         pause a probe interval, so a long failover reloads it twice a second, not per batch."""
-        if not isinstance(self.client, RedisCluster):  # pragma: no cover - cluster only
-            return
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(self.timeout):
                 await self.client.nodes_manager.initialize()
         await asyncio.sleep(self.breaker.interval)
 
     async def aclose(self) -> None:
-        if self._connection is not None and not isinstance(self.client, RedisCluster):
-            await self.client.connection_pool.release(self._connection)
-            self._connection = None
         if self._slot_reloader is not None:
             self._slot_reloader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -23,6 +23,7 @@ from ratelimit.breaker import BREAKER_PROBE_INTERVAL, BREAKER_THRESHOLD, Circuit
 from ratelimit.connections import build_client, close_client
 from ratelimit.errors import NotReplicated, StoreError, StoreUnavailable, describe
 from ratelimit.keys import KeyLayout
+from ratelimit.link_batches import LinkBatcher
 from ratelimit.node_calls import connection_for
 from ratelimit.scripts import Script, script_then
 
@@ -78,7 +79,11 @@ class Store:
         self.min_replicas = min_replicas  # GRANT_MIN_REPLICAS: see run_script_confirmed
         self.cluster = isinstance(client, RedisCluster)
         self.breaker = CircuitBreaker(self._probe, timeout)
-        self.batcher = Batcher(client, timeout, self.breaker)
+        self.batcher: Batcher | LinkBatcher = (
+            Batcher(client, timeout, self.breaker)
+            if isinstance(client, RedisCluster)
+            else LinkBatcher(client, timeout, self.breaker)
+        )
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> Store:

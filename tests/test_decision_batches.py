@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from ratelimit.limiter import Decided, LimitConfig, Limited, Limiter, Outcome, Passed
+from ratelimit.limiter import Decided, LimitConfig, Limited, Limiter, Mode, Outcome, Passed
 from ratelimit.store import Script, Store
-from tests.support import RedisServer
+from tests.support import RedisServer, require_tool
 from tests.support.settings import make_settings
 
 DECIDE = Script("decide")
@@ -185,3 +185,89 @@ async def test_entries_past_the_longest_window_are_dropped_when_the_next_is_coun
     assert redis_server.cli("ZCARD", key) == "3"
     assert (await limiter.count_message(client, 9)).outcome is Outcome.ACCEPTED
     assert redis_server.cli("ZCARD", key) == "1"  # the three stale ones went as it was added
+
+
+class Waiter:
+    """A VerdictWaiter that keeps what it is given (the policy server's decisions are these)."""
+
+    def __init__(self) -> None:
+        self.verdicts: list[Any] = []
+        self.expected = 0
+        self.all_in = asyncio.Event()
+
+    def decided(self, verdict: Any) -> None:
+        self.verdicts.append(verdict)
+        if len(self.verdicts) >= self.expected:
+            self.all_in.set()
+
+    def failed(self, error: Any) -> None:
+        self.decided(error)
+
+    def cancelled(self) -> bool:
+        return False
+
+
+async def test_decisions_on_a_kept_connection_wake_no_task(
+    store: Store, redis_server: RedisServer
+) -> None:
+    """Issue 13: a decision completes by callback from its batch's reply. Once the connection
+    to Redis is open, deciding creates no asyncio task at all, however many batches it takes."""
+    limiter = limiter_for(store, redis_server, message_limits="100/1m")
+    await limiter.count_message(parse_ip("192.0.2.1"), 1)  # opens the connection, loads the script
+    loop = asyncio.get_running_loop()
+    created: list[Any] = []
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        created.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    waiter = Waiter()
+    loop.set_task_factory(counting_factory)
+    try:
+        for round_ in range(5):  # five batches, one after the other
+            waiter.expected = 10 * (round_ + 1)
+            waiter.all_in.clear()
+            for n in range(10):
+                assert limiter.submit(parse_ip(f"198.51.100.{n}"), Mode.COUNT, 1, waiter) is None
+            async with asyncio.timeout(5):  # (wait_for would create a task)
+                await waiter.all_in.wait()
+    finally:
+        loop.set_task_factory(None)
+    assert created == []
+    assert all(isinstance(v, Passed) and v.outcome is Outcome.ACCEPTED for v in waiter.verdicts)
+
+
+@pytest.mark.parametrize("database", [0, 3])
+async def test_the_kept_connection_is_opened_as_the_url_says(tmp_path: Any, database: int) -> None:
+    """Over a UNIX socket, with a password and a database number: the pool opens the connection
+    (so every URL form works as elsewhere), then the batches take it over."""
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(
+        require_tool("redis-server"),
+        tmp_path / "redis",
+        ["--save", "", "--appendonly", "no", "--unixsocket", str(socket_path),
+         "--unixsocketperm", "700", "--requirepass", "s3cret-for-this-test"],
+    )  # fmt: skip
+    server.start()
+    try:
+        url = f"unix://:s3cret-for-this-test@{socket_path}?db={database}"
+        settings = make_settings(url, message_limits="2/1m")
+        store = Store.from_settings(settings)
+        limiter = Limiter(store, LimitConfig.from_settings(settings))
+        try:
+            client = parse_ip("192.0.2.40")
+            verdicts = await asyncio.gather(*(limiter.count_message(client, 1) for _ in range(3)))
+            assert [v.outcome for v in verdicts] == [
+                Outcome.ACCEPTED,
+                Outcome.ACCEPTED,
+                Outcome.LIMITED,
+            ]
+        finally:
+            await store.aclose()
+        key = store.keys.client_log("192.0.2.40/32")
+        zcard = server.cli(
+            "-a", "s3cret-for-this-test", "--no-auth-warning", "-n", str(database), "ZCARD", key
+        )
+        assert zcard == "2"
+    finally:
+        server.stop()

@@ -1,0 +1,238 @@
+"""Decision batches on a single Redis (or Sentinel's master), on a RedisLink: no task per batch.
+
+A decision batch (batch.py) is one write and one reply per script call. Through redis-py each
+batch woke a task, a stream reader and a timeout context, and at a thousand requests a second
+a batch is one decision, so that was paid per decision. Here the batch is written on an asyncio
+protocol and its replies are parsed by hiredis as they arrive, in ``data_received``, where each
+decision's answer is written at once (issue 13).
+
+On a Redis Cluster the batches go through batch.py's own path.
+
+The rules are those of the pooled path before it: one batch in flight at a time; the batch's
+deadline (``STORE_TIMEOUT`` from its oldest decision's arrival) bounds it and a timed-out
+connection is never used again; a connection that had served before and is found closed
+before any reply was read is tried once more on a fresh one within the same deadline (Redis'
+idle ``timeout``, a restart, a NAT); NOSCRIPT loads the script and runs those calls again;
+READONLY (a Sentinel failover made this master a replica) drops the connection, so the next
+batch asks the pool, and through it the sentinels, for the master.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
+
+from ratelimit.batch import ReplySlot, ScriptCall, deliver_replies, fail_all, script_calls
+from ratelimit.breaker import CircuitBreaker
+from ratelimit.errors import StoreUnavailable, describe
+from ratelimit.link import LinkLost, RedisLink
+from ratelimit.scripts import Script
+
+log = logging.getLogger("ratelimit.store")
+
+_Pending = tuple[Script, list[Any], list[str], list[Any], ReplySlot]
+
+
+class LinkBatcher:
+    """The batches of one store on a single Redis (or Sentinel's master), on a RedisLink."""
+
+    def __init__(self, client: aioredis.Redis, timeout: float, breaker: CircuitBreaker) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.breaker = breaker
+        self._batch: list[_Pending] = []
+        self._batch_since = 0.0  # loop time the oldest decision of the next batch arrived
+        self._busy = False  # a batch is out (or its connection is being opened)
+        self._scheduled = False
+        self._link: RedisLink | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # opening and releasing connections
+
+    def submit(
+        self, script: Script, shared: list[Any], keys: list[str], args: list[Any], slot: ReplySlot
+    ) -> None:
+        """As :meth:`ratelimit.batch.Batcher.submit`: the calls of one event-loop turn, and those
+        that arrive while a batch is out, go together."""
+        self.breaker.check()
+        loop = asyncio.get_running_loop()
+        if not self._batch:
+            self._batch_since = loop.time()
+        self._batch.append((script, shared, keys, args, slot))
+        if not self._busy and not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._send_next)
+
+    def _send_next(self) -> None:
+        self._scheduled = False
+        if self._busy or not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        deadline = self._batch_since + self.timeout
+        self._busy = True
+        link = self._link
+        if link is None or link.lost:
+            self._spawn(self._open_then_send(batch, deadline, retried=False))
+        else:
+            self._send(link, batch, deadline, retried=False)
+
+    def _send(
+        self, link: RedisLink, batch: list[_Pending], deadline: float, *, retried: bool
+    ) -> None:
+        calls = script_calls(batch, per_slot=False)
+        if not calls:  # every caller went away
+            self._finished()
+            return
+        timer = asyncio.get_running_loop().call_at(deadline, self._timed_out, link, batch)
+
+        def replied(result: list[Any] | LinkLost) -> None:
+            timer.cancel()
+            if isinstance(result, LinkLost):
+                self._lost(link, batch, deadline, result, retried=retried)
+            else:
+                self._replied(link, batch, calls, result, deadline)
+
+        link.send(
+            b"".join([hiredis.pack_command(call.command()) for call in calls]), len(calls), replied
+        )
+
+    def _replied(
+        self,
+        link: RedisLink,
+        batch: list[_Pending],
+        calls: list[ScriptCall],
+        replies: list[Any],
+        deadline: float,
+    ) -> None:
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            # Redis restarted and lost its script cache: load it and run those calls again, on
+            # the same connection, within the same deadline.
+            self._reload_scripts(link, batch, calls, replies, missing, deadline)
+            return
+        self.breaker.succeeded()
+        deliver_replies(batch, calls, replies)
+        if any(isinstance(r, ReadOnlyError) for r in replies):
+            self._drop(link)  # no longer the master (Sentinel): ask the pool for it next time
+        self._finished()
+
+    def _reload_scripts(
+        self,
+        link: RedisLink,
+        batch: list[_Pending],
+        calls: list[ScriptCall],
+        replies: list[Any],
+        missing: list[int],
+        deadline: float,
+    ) -> None:
+        scripts = {calls[i].script.sha: calls[i].script for i in missing}
+        commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", s.source) for s in scripts.values()]
+        commands += [calls[i].command() for i in missing]
+        timer = asyncio.get_running_loop().call_at(deadline, self._timed_out, link, batch)
+
+        def reloaded(result: list[Any] | LinkLost) -> None:
+            timer.cancel()
+            if isinstance(result, LinkLost):
+                self._lost(link, batch, deadline, result, retried=True)
+                return
+            for i, reply in zip(missing, result[len(scripts) :], strict=True):
+                replies[i] = reply
+            self.breaker.succeeded()
+            deliver_replies(batch, calls, replies)
+            self._finished()
+
+        link.send(b"".join([hiredis.pack_command(c) for c in commands]), len(commands), reloaded)
+
+    def _lost(
+        self,
+        link: RedisLink,
+        batch: list[_Pending],
+        deadline: float,
+        lost: LinkLost,
+        *,
+        retried: bool,
+    ) -> None:
+        self._drop(link)
+        if lost.stale and not retried:
+            log.debug("Redis connection found closed (%s); trying once more", lost)
+            self._spawn(self._open_then_send(batch, deadline, retried=True))
+            return
+        self._failed(batch, str(lost))
+
+    def _timed_out(self, link: RedisLink, batch: list[_Pending]) -> None:
+        link.forget()  # its replies may still come: this connection can never be trusted again
+        self._drop(link)
+        self._failed(batch, "timed out")
+
+    def _failed(self, batch: list[_Pending], why: str) -> None:
+        # One failed round trip is one failure, however many decisions rode on it.
+        self.breaker.failed(why)
+        fail_all(batch, StoreUnavailable(why))
+        self._finished()
+
+    def _finished(self) -> None:
+        """The batch is answered: send what arrived meanwhile, at once."""
+        self._busy = False
+        if self._batch:
+            self._send_next()
+
+    async def _open_then_send(
+        self, batch: list[_Pending], deadline: float, *, retried: bool
+    ) -> None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                link = await self._open()
+        except (RedisError, OSError, TimeoutError) as error:
+            self._failed(batch, describe(error))
+            return
+        except BaseException:
+            fail_all(batch, StoreUnavailable("stopped"))
+            raise
+        self._link = link
+        self._send(link, batch, deadline, retried=retried)
+
+    async def _open(self) -> RedisLink:
+        """A connection from redis-py's pool (connected, authenticated, the database selected, on
+        Sentinel the master's), its transport then read and written by a RedisLink."""
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            if not connection.is_connected:
+                await connection.connect()
+            transport = connection._writer.transport
+            link = RedisLink(connection, transport.get_protocol())
+            transport.set_protocol(link)
+            link.connection_made(transport)
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            await pool.release(connection)
+            raise
+        return link
+
+    def _drop(self, link: RedisLink) -> None:
+        """Close ``link`` and give its redis-py connection back to the pool, disconnected."""
+        if self._link is link:
+            self._link = None
+        link.close()
+        self._spawn(self._release(link))
+
+    async def _release(self, link: RedisLink) -> None:
+        with contextlib.suppress(Exception):
+            await link.connection.disconnect(nowait=True)
+        await self.client.connection_pool.release(link.connection)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)  # kept until done: the loop holds tasks only weakly
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        if self._link is not None:
+            self._drop(self._link)
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
