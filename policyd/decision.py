@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from policyd.decision_log import log_summaries
 from policyd.logs import fields
@@ -21,9 +20,9 @@ from policyd.replies import COUNTED_STATES, DUNNO, PASSING_ACTIONS, DecisionSett
 from policyd.scope import LimitedScope
 from policyd.stage_watch import StageObserver, StageReport
 from policyd.store_outage import StoreOutage, decision_fields
-from policyd.verdict_action import verdict_action
+from policyd.waiting import WaitingDecision
 from ratelimit.addresses import IPAddress, parse_ip
-from ratelimit.limiter import Limited, Limiter, Mode, Verdict
+from ratelimit.limiter import Limiter, Mode
 from ratelimit.metrics import Metrics
 from ratelimit.store import StoreUnavailable
 
@@ -36,9 +35,8 @@ MAX_REMEMBERED_ADDRESSES = 16_384
 # Gets a decision's action once Redis has answered; None: the decision failed (logged), so no
 # reply is sent and the connection is closed.
 Answer = Callable[[str | None], None]
-# The `result` label of requests that no limit was asked about, and of those Redis failed.
+# The `result` label of requests that no limit was asked about.
 NOT_COUNTED = "not_counted"
-STORE_ERROR = "store_error"
 
 
 class PolicyDecider:
@@ -109,7 +107,7 @@ class PolicyDecider:
         address = self._limited_address(request, state)
         if address is None:
             return self._answered(request, state, DUNNO, NOT_COUNTED, started)
-        waiter = _Waiting(self, request, state, address, started, later)
+        waiter = WaitingDecision(self, request, state, address, started, later)
         try:
             verdict = self.limiter.submit(address, mode, request.recipient_count, waiter)
         except StoreUnavailable as error:
@@ -140,22 +138,26 @@ class PolicyDecider:
         metrics = self.metrics
         if metrics is not None:
             metrics.policy.decided(state, result, time.perf_counter() - started)
-        if self.watch is not None:
+        watch = self.watch
+        if watch is not None:
             # After the decision: a limited client that keeps retrying only ever reaches RCPT,
             # and must not look like a Postfix that never asks at DATA.
-            warning = self.watch.observe(
-                state,
-                time.monotonic(),
-                refused=action != DUNNO and not action.startswith("WARN "),
-                client=request.client_address,
-                instance=request.get("instance"),
-            )
-            if warning:
-                log.warning("%s", warning, extra=fields(stage=state))
-                self._send_report(warning)
-            elif state in COUNTED_STATES and not self._data_confirmed:
-                self._data_confirmed = True
-                self._send_report(None)
+            if state in COUNTED_STATES:
+                watch.observe(state, 0.0)  # DATA is seen: nothing to warn of, no time needed
+                if not self._data_confirmed:
+                    self._data_confirmed = True
+                    self._send_report(None)
+            else:
+                warning = watch.observe(
+                    state,
+                    time.monotonic(),
+                    refused=action != DUNNO and not action.startswith("WARN "),
+                    client=request.client_address,
+                    instance=request.get("instance"),
+                )
+                if warning:
+                    log.warning("%s", warning, extra=fields(stage=state))
+                    self._send_report(warning)
         log_summaries(self.refusals)
         return action
 
@@ -212,77 +214,6 @@ class PolicyDecider:
                 )
             return None
         return address
-
-
-class _Waiting:
-    """One decision waiting for Redis: the VerdictWaiter its verdict (or failure) comes to, from
-    the batch's reply, and what turns that into the action and answers the connection."""
-
-    __slots__ = ("address", "decider", "later", "request", "started", "state")
-
-    def __init__(
-        self,
-        decider: PolicyDecider,
-        request: PolicyRequest,
-        state: str,
-        address: IPAddress,
-        started: float,
-        later: Answer,
-    ) -> None:
-        self.decider = decider
-        self.request = request
-        self.state = state
-        self.address = address
-        self.started = started
-        self.later = later
-
-    def action_for(self, verdict: Verdict) -> str:
-        decider = self.decider
-        decider.outage.ok()
-        if not isinstance(verdict, Limited) and not log.isEnabledFor(logging.DEBUG):
-            action = DUNNO  # the common case: no address text, no log line
-        else:
-            action = verdict_action(
-                str(self.address),
-                self.state,
-                self.request,
-                verdict,
-                replies=decider.replies,
-                refusals=decider.refusals,
-                metrics=decider.metrics,
-                recipient_limits=decider.limiter.config.recipient_limits,
-            )
-        return decider._answered(
-            self.request, self.state, action, verdict.outcome.value, self.started
-        )
-
-    def action_for_failure(self, error: StoreUnavailable) -> str:
-        decider = self.decider
-        action = decider.outage.failed(
-            str(self.address), self.state, self.request, error, decider.replies
-        )
-        return decider._answered(self.request, self.state, action, STORE_ERROR, self.started)
-
-    # -- VerdictWaiter: called from the batch's reply -------------------------------------------
-
-    def decided(self, verdict: Verdict) -> None:
-        self._answer(self.action_for, verdict)
-
-    def failed(self, error: StoreUnavailable) -> None:
-        self._answer(self.action_for_failure, error)
-
-    def cancelled(self) -> bool:
-        return False  # a connection gone still gets its decision made: the message may be sent
-
-    def _answer(self, make: Callable[[Any], str], outcome: Any) -> None:
-        try:
-            action: str | None = make(outcome)
-        except Exception:
-            # A bug, not a protocol or store problem: no reply (Postfix retries and then
-            # applies its default action), and the traceback goes to the log only.
-            log.exception("policy decision failed for %s", self.request.client_address[:64])
-            action = None
-        self.later(action)
 
 
 # Importers name these as the decision's: the replies and the settings it reads.
