@@ -1,22 +1,29 @@
-"""The floor of any design that asks Redis per decision: the null server plus one bare round trip.
+"""The floors of any design that asks Redis per decision: the null server plus one round trip.
 
 The same :class:`policyd.server.PolicyServer` as :mod:`benchmarks.nullserver`, whose answer
 waits for one Redis round trip before saying ``DUNNO``. The requests that arrive together share
-one ``PING`` (one in flight at a time, as the daemon's batches are), written and read on a raw
-asyncio protocol with hiredis' reader: no redis-py, no script, no keys, nothing decided. What it
-costs above the null server (the daemon's CPU and Redis') is what the socket to Redis costs
-by itself; no decision that asks Redis can cost less.
+one command (one in flight at a time, as the daemon's batches are), written and read on a raw
+asyncio protocol with hiredis' reader: no redis-py, nothing decided.
 
-    python -m benchmarks.floorserver 127.0.0.1:10042 --redis 127.0.0.1:6379
+- ``PING`` (the default): what the socket to Redis costs by itself; no decision that asks
+  Redis can cost less.
+- ``--script``: one EVALSHA per batch of a script that reads nothing and answers each call
+  ``{0, 0, 0, 0}``, with the daemon's own arguments (three keys and two arguments per decision
+  after the seven the batch shares): what calling a Lua script with a batch costs, before the
+  script does any work. No atomic decision in Redis (a script) can cost less.
+
+    python -m benchmarks.floorserver 127.0.0.1:10042 --redis 127.0.0.1:6379 [--script]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import hiredis
 
@@ -29,10 +36,38 @@ Later = Callable[[str | None], None]
 PING = b"*1\r\n$4\r\nPING\r\n"
 
 
-class RedisRoundTrips(asyncio.Protocol):
-    """One PING per batch of waiting answers; the batch is answered when its PONG is read."""
+EMPTY_SCRIPT = "local r = {} for i = 1, #KEYS / 3 do r[i] = {0, 0, 0, 0} end return r"
+EMPTY_SHA = hashlib.sha1(EMPTY_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+# The limits as the daemon's batches share them: 1000000/1h for messages and for recipients,
+# OFFENDER_THRESHOLD 50.
+SHARED = (1, 1000000, 3600 * 10**6, 1, 1000000, 3600 * 10**6, 50)
 
-    def __init__(self) -> None:
+
+def pack(command: tuple[Any, ...]) -> bytes:
+    return bytes(hiredis.pack_command(command))
+
+
+def script_call(addresses: list[str]) -> bytes:
+    """One EVALSHA of the empty script for these client addresses, shaped as the daemon's."""
+    keys: list[str] = []
+    args: list[str | int] = []
+    for ip in addresses:
+        network = f"{ip}/32"
+        keys += [
+            f"floor:c:{{{network}}}",
+            f"floor:wl:{{{network}}}:{ip}",
+            f"floor:o:{{{network}}}:{ip}",
+        ]
+        args += ["count", 1]
+    return pack(("EVALSHA", EMPTY_SHA, len(keys), *keys, *SHARED, *args))
+
+
+class RedisRoundTrips(asyncio.Protocol):
+    """One command per batch of waiting answers; the batch is answered when its reply is read."""
+
+    def __init__(self, script: bool = False) -> None:
+        self.script = script
+        self.addresses: list[str] = []  # of the next batch (script floor only)
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
         self.waiting: list[Later] = []  # for the next round trip
@@ -42,8 +77,10 @@ class RedisRoundTrips(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def ask(self, later: Later) -> None:
+    def ask(self, later: Later, address: str) -> None:
         self.waiting.append(later)
+        if self.script:
+            self.addresses.append(address)
         if self.in_flight is None and not self.scheduled:
             # Those asking in this event-loop turn go together, as the daemon's batches do.
             self.scheduled = True
@@ -54,7 +91,11 @@ class RedisRoundTrips(asyncio.Protocol):
         if self.in_flight is not None or not self.waiting or self.transport is None:
             return
         self.in_flight, self.waiting = self.waiting, []
-        self.transport.write(PING)
+        if self.script:
+            addresses, self.addresses = self.addresses, []
+            self.transport.write(script_call(addresses))
+        else:
+            self.transport.write(PING)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -66,12 +107,18 @@ class RedisRoundTrips(asyncio.Protocol):
             self._send()
 
 
-async def serve(listen: str, redis_host: str, redis_port: int) -> int:
+async def serve(listen: str, redis_host: str, redis_port: int, script: bool) -> int:
     loop = asyncio.get_running_loop()
-    _, redis = await loop.create_connection(RedisRoundTrips, redis_host, redis_port)
+    _, redis = await loop.create_connection(lambda: RedisRoundTrips(script), redis_host, redis_port)
+    if script:
+        _, loader = await asyncio.open_connection(redis_host, redis_port)
+        loader.write(pack(("SCRIPT", "LOAD", EMPTY_SCRIPT)))
+        await loader.drain()
+        loader.close()
+        await asyncio.sleep(0.2)
 
     def answer(request: PolicyRequest, later: Later) -> None:
-        redis.ask(later)
+        redis.ask(later, request.client_address)
 
     server = PolicyServer(answer, ConnectionLimits(1000, 600.0, 10.0))
     stopping = asyncio.Event()
@@ -87,10 +134,11 @@ async def serve(listen: str, redis_host: str, redis_port: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.floorserver", description=__doc__)
     parser.add_argument("listen", help="host:port, as POLICY_LISTEN")
-    parser.add_argument("--redis", required=True, help="host:port of the Redis to PING")
+    parser.add_argument("--redis", required=True, help="host:port of the Redis to ask")
+    parser.add_argument("--script", action="store_true", help="an empty EVALSHA, not PING")
     args = parser.parse_args(argv)
     host, _, port = args.redis.rpartition(":")
-    return run_event_loop(serve(args.listen, host, int(port)))
+    return run_event_loop(serve(args.listen, host, int(port), args.script))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import redis
 
 from benchmarks.loadgen import LoadResult, client_ips, run_load, run_load_processes
 from benchmarks.openloop import run_open_loop
-from benchmarks.targets import HEADER, OpenRound, OpenTriple, closed_rows, open_rows
+from benchmarks.targets import HEADER, OpenRound, OpenRounds, closed_rows, open_rows
 from ratelimit.limiter import LimitConfig, Limiter
 from ratelimit.limits import Limit
 from ratelimit.store import KeyLayout, Store
@@ -114,18 +114,10 @@ class Processes:
     def null_server(self, port: int) -> int:
         return self.start([sys.executable, "-m", "benchmarks.nullserver", f"{HOST}:{port}"], port)
 
-    def floor_server(self, port: int, redis_port: int) -> int:
-        return self.start(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.floorserver",
-                f"{HOST}:{port}",
-                "--redis",
-                f"{HOST}:{redis_port}",
-            ],
-            port,
-        )
+    def floor_server(self, port: int, redis_port: int, *, script: bool = False) -> int:
+        command = [sys.executable, "-m", "benchmarks.floorserver", f"{HOST}:{port}"]
+        command += ["--redis", f"{HOST}:{redis_port}"] + (["--script"] if script else [])
+        return self.start(command, port)
 
     def policyd(self, port: int, redis_port: int, **settings: str) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SMTP_WHITELIST_")}
@@ -212,11 +204,11 @@ def open_loop_table(
     rounds: int,
     servers: Sequence[tuple[str, int, int]],
     redis_pid: int,
-) -> tuple[list[str], dict[float, list[OpenTriple]]]:
+) -> tuple[list[str], OpenRounds]:
     """Latency at fixed offered rates (benchmarks.openloop), null then ours, ``rounds`` times per
     rate: percentiles counted from each request's due time, the longest answer, and CPU per
-    decision (the server's, and the server's plus Redis'). ``servers``: (name, port, pid) of
-    null, ours and floor, in that order. The lines, and the rounds."""
+    decision (the server's, and the server's plus Redis'). ``servers``: (name, port, pid), the
+    null server first. The lines, and the rounds."""
     lines = [
         f"open loop: 20 connections, 10,000 client IPs, DATA, {duration:.0f} s per rate and"
         f" server, {rounds} rounds; latency from the due time",
@@ -224,31 +216,29 @@ def open_loop_table(
         " | +Redis us/req |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    measured: dict[float, list[OpenTriple]] = {}
+    measured: OpenRounds = {}
     for rate in rates:
         for i in range(rounds):
-            pair = []
+            this_round: dict[str, OpenRound] = {}
             for name, port, pid in servers:
                 before, redis_before = cpu_seconds(pid), cpu_seconds(redis_pid)
                 result = run_open_loop(HOST, port, rate=rate, duration=duration)
                 answered = max(result.load.requests, 1)
                 cpu = 1e6 * (cpu_seconds(pid) - before) / answered
                 redis_cpu = 1e6 * (cpu_seconds(redis_pid) - redis_before) / answered
-                pair.append(
-                    OpenRound(
-                        result.percentile(99),
-                        result.percentile(99.9),
-                        result.longest_ms,
-                        cpu,
-                        redis_cpu,
-                    )
+                this_round[name] = OpenRound(
+                    result.percentile(99),
+                    result.percentile(99.9),
+                    result.longest_ms,
+                    cpu,
+                    redis_cpu,
                 )
                 lines.append(
                     f"| {rate:,.0f} | {i + 1} | {name} | {result.percentile(50):.3f} |"
                     f" {result.percentile(99):.3f} | {result.percentile(99.9):.3f} |"
                     f" {result.longest_ms:.3f} | {cpu:.1f} | {cpu + redis_cpu:.1f} |"
                 )
-            measured.setdefault(rate, []).append((pair[0], pair[1], pair[2]))
+            measured.setdefault(rate, []).append(this_round)
     return lines, measured
 
 
@@ -468,8 +458,15 @@ def main(argv: list[str] | None = None) -> int:
             redis_pid = procs.redis(redis_port)
             null_pid = procs.null_server(null_port)
             ours_pid = procs.policyd(ours_port, redis_port, **served())
-            floor_port = free_port()
+            floor_port, script_floor_port = free_port(), free_port()
             floor_pid = procs.floor_server(floor_port, redis_port)
+            script_floor_pid = procs.floor_server(script_floor_port, redis_port, script=True)
+            servers = [
+                ("null", null_port, null_pid),
+                ("ours", ours_port, ours_pid),
+                ("floor", floor_port, floor_pid),
+                ("script floor", script_floor_port, script_floor_pid),
+            ]
             client = redis.Redis(host=HOST, port=redis_port)
             for line in machine():
                 say(f"# {line}")
@@ -478,18 +475,11 @@ def main(argv: list[str] | None = None) -> int:
                 f" requests or {args.duration:.0f} s per round, {args.rounds} rounds (median)"
             )
             # Warm-up: connections, script cache, allocator, CPU frequency.
-            for port in (null_port, ours_port, floor_port):
+            for _, port, _ in servers:
                 run_load(HOST, port, requests=5_000, duration=10)
-            null_rounds: list[Round] = []
-            our_rounds: list[Round] = []
-            floor_rounds: list[Round] = []
-            names = {null_port: "null", ours_port: "ours", floor_port: "floor"}
+            closed: dict[str, list[Round]] = {name: [] for name, _, _ in servers}
             for i in range(args.rounds):
-                for port, pid, rounds in (
-                    (null_port, null_pid, null_rounds),
-                    (ours_port, ours_pid, our_rounds),
-                    (floor_port, floor_pid, floor_rounds),
-                ):
+                for name, port, pid in servers:
                     r = measure(
                         [(HOST, port)],
                         [pid],
@@ -498,25 +488,20 @@ def main(argv: list[str] | None = None) -> int:
                         duration=args.duration,
                         seed=i + 1,
                     )
-                    rounds.append(r)
-                    name = names[port]
+                    closed[name].append(r)
                     say(
                         f"# round {i + 1} {name}: {r.result.rate:,.0f} req/s,"
-                        f" p99 {r.result.percentile(99):.3f} ms, {r.per_1k:.4f} CPU s/1k"
+                        f" p99 {r.result.percentile(99):.3f} ms, {r.per_1k:.4f} CPU s/1k,"
+                        f" Redis {r.redis_per_1k:.4f} CPU s/1k"
                     )
             say()
-            for line in table(median_round(null_rounds), median_round(our_rounds)):
+            for line in table(median_round(closed["null"]), median_round(closed["ours"])):
                 say(line)
 
             rates = [float(r) for r in args.open_rates.split(",") if r.strip()]
-            open_rounds: dict[float, list[OpenTriple]] = {}
+            open_rounds: OpenRounds = {}
             if rates:
                 say()
-                servers = [
-                    ("null", null_port, null_pid),
-                    ("ours", ours_port, ours_pid),
-                    ("floor", floor_port, floor_pid),
-                ]
                 lines, open_rounds = open_loop_table(
                     rates, args.open_duration, args.rounds, servers, redis_pid
                 )
@@ -524,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
                     say(line)
             say()
             say("issue 13's targets, from this run:")
-            rows = closed_rows(null_rounds, our_rounds, floor_rounds) + open_rows(open_rounds)
+            rows = closed_rows(closed) + open_rows(open_rounds)
             for line in HEADER + rows:
                 say(line)
 

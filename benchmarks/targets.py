@@ -8,7 +8,7 @@ with their range. The longest answer is in milliseconds, as its target is.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,27 +56,32 @@ LONGEST_MS = 10.0
 BOTH_AT_1000 = Target("daemon + Redis CPU per decision at 1,000/s", "3.8x", "<= 2.5x", 2.5, True)
 
 
-def _row(target: Target, ratios: Sequence[float], floors: Sequence[float], unit: str = "x") -> str:
+# The floor servers (benchmarks/floorserver.py) whose ratios stand beside ours.
+FLOORS = ("floor", "script floor")
+
+
+def _row(
+    target: Target, ratios: Sequence[float], floors: Sequence[Sequence[float]], unit: str = "x"
+) -> str:
     middle = statistics.median(ratios)
     met = middle <= target.limit if target.at_most else middle >= target.limit
     spread = f"{min(ratios):.2f}-{max(ratios):.2f}{unit}"
+    floor_cells = " | ".join(f"{statistics.median(f):.2f}{unit}" for f in floors)
     return (
-        f"| {target.measure} | {target.before} | {middle:.2f}{unit} ({spread}) |"
-        f" {statistics.median(floors):.2f}{unit} | {target.goal} | {'yes' if met else 'NO'} |"
+        f"| {target.measure} | {target.before} | {middle:.2f}{unit} ({spread}) | {floor_cells} |"
+        f" {target.goal} | {'yes' if met else 'NO'} |"
     )
 
 
-def closed_rows(
-    null: Sequence[ClosedRound], ours: Sequence[ClosedRound], floor: Sequence[ClosedRound]
-) -> list[str]:
-    """Each closed-loop target: ours against null, and the floor server against null."""
+def closed_rows(rounds: Mapping[str, Sequence[ClosedRound]]) -> list[str]:
+    """Each closed-loop target: ours against null, and each floor server against null."""
+    null = rounds["null"]
 
     def row(target: Target, figure: Callable[[ClosedRound, ClosedRound], float]) -> str:
-        return _row(
-            target,
-            [figure(n, o) for n, o in zip(null, ours, strict=True)],
-            [figure(n, f) for n, f in zip(null, floor, strict=True)],
-        )
+        def ratios(name: str) -> list[float]:
+            return [figure(n, o) for n, o in zip(null, rounds[name], strict=True)]
+
+        return _row(target, ratios("ours"), [ratios(name) for name in FLOORS])
 
     return [
         row(THROUGHPUT, lambda n, o: o.rate / n.rate),
@@ -86,19 +91,18 @@ def closed_rows(
     ]
 
 
-# One open-loop round at one rate: the null server's, ours, and the floor server's.
-OpenTriple = tuple[OpenRound, OpenRound, OpenRound]
+# One open-loop round at one rate: each server's result, by name.
+OpenRounds = dict[float, list[dict[str, OpenRound]]]
 
 
-def open_rows(rounds: dict[float, list[OpenTriple]]) -> list[str]:
-    """``rounds``: per offered rate, the (null, ours, floor) results of its rounds."""
+def open_rows(rounds: OpenRounds) -> list[str]:
+    """``rounds``: per offered rate, each round's results by server name."""
 
     def row(target: Target, figure: Callable[[OpenRound, OpenRound], float], rate: float) -> str:
-        return _row(
-            target,
-            [figure(n, o) for n, o, _ in rounds[rate]],
-            [figure(n, f) for n, _, f in rounds[rate]],
-        )
+        def ratios(name: str) -> list[float]:
+            return [figure(r["null"], r[name]) for r in rounds[rate]]
+
+        return _row(target, ratios("ours"), [ratios(name) for name in FLOORS])
 
     lines = []
     for rate in rounds:
@@ -109,11 +113,15 @@ def open_rows(rounds: dict[float, list[OpenTriple]]) -> list[str]:
         target = Target(f"p99.9 at {rate:,.0f}/s", before, P999, 3.0, True)
         lines.append(row(target, lambda n, o: o.p999 / n.p999, rate))
     per_round = list(zip(*rounds.values(), strict=True))  # each: that round at every rate
+
+    def longest(name: str) -> list[float]:
+        return [max(r[name].longest for r in at_rates) for at_rates in per_round]
+
     lines.append(
         _row(
             Target("longest answer, any rate (ms)", "30 ms", "<= 10 ms", LONGEST_MS, True),
-            [max(o.longest for _, o, _ in triples) for triples in per_round],
-            [max(f.longest for _, _, f in triples) for triples in per_round],
+            longest("ours"),
+            [longest(name) for name in FLOORS],
             " ms",
         )
     )
@@ -124,6 +132,6 @@ def open_rows(rounds: dict[float, list[OpenTriple]]) -> list[str]:
 
 HEADER = [
     "| measure (ratio to the null server; median of rounds (range)) | before (issue 13)"
-    " | this run | floor: one bare PING per batch | target | met |",
-    "|---|---|---|---|---|---|",
+    " | this run | floor: bare PING per batch | floor: empty script per batch | target | met |",
+    "|---|---|---|---|---|---|---|",
 ]
