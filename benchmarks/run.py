@@ -86,8 +86,9 @@ def rss_mb(pid: int) -> float:
 class Processes:
     """The subprocesses of one run; all stopped (SIGTERM, then SIGKILL) on exit."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, policyd_tree: Path | None = None) -> None:
         self.workdir = workdir
+        self.policyd_tree = policyd_tree  # run the daemon from this source tree instead
         self.started: list[subprocess.Popen[bytes]] = []
         self.env_file = workdir / "empty.env"
         self.env_file.write_text("")
@@ -131,6 +132,9 @@ class Processes:
                 **settings,
             }
         )
+        if self.policyd_tree is not None:
+            # Its packages first on the path: an earlier commit's daemon, the same harness.
+            env["PYTHONPATH"] = str(self.policyd_tree)
         script = Path(sys.executable).with_name("smtp-whitelist")
         return self.start([str(script), "policyd"], port, env)
 
@@ -439,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--metrics", action="store_true", help="policyd counts metrics (METRICS_LISTEN set)"
     )
+    parser.add_argument(
+        "--policyd-tree",
+        type=Path,
+        help="run smtp-whitelist policyd from this source tree (a checkout of another commit)",
+    )
     args = parser.parse_args(argv)
 
     def served() -> dict[str, str]:
@@ -452,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         out.append(line)
 
     with tempfile.TemporaryDirectory(prefix="swl-bench-") as tmp, more_files():
-        procs = Processes(Path(tmp))
+        procs = Processes(Path(tmp), args.policyd_tree)
         try:
             redis_port, null_port, ours_port, ours2_port = (free_port() for _ in range(4))
             redis_pid = procs.redis(redis_port)

@@ -104,7 +104,9 @@ def open_rows(rounds: OpenRounds) -> list[str]:
 
         return _row(target, ratios("ours"), [ratios(name) for name in FLOORS])
 
-    lines = []
+    lines: list[str] = []
+    if not rounds:
+        return lines
     for rate in rounds:
         target = Target(f"p99 at {rate:,.0f}/s", P99_BEFORE.get(rate, "-"), "<= 2x", 2.0, True)
         lines.append(row(target, lambda n, o: o.p99 / n.p99, rate))
