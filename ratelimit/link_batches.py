@@ -75,7 +75,10 @@ class LinkBatcher:
         deadline = self._batch_since + self.timeout
         self._busy = True
         link = self._link
-        if link is None or link.lost:
+        if link is not None and link.lost:
+            self._drop(link)  # closed while idle (Redis' timeout, a restart): back to the pool
+            link = None
+        if link is None:
             self._spawn(self._open_then_send(batch, deadline, retried=False))
         else:
             self._send(link, batch, deadline, retried=False)
@@ -201,10 +204,14 @@ class LinkBatcher:
         pool = self.client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            if not connection.is_connected:
+            # One the pool kept open may have been closed by Redis meanwhile: like a kept link,
+            # it is tried once more if found closed before any reply.
+            kept = connection.is_connected
+            if not kept:
                 await connection.connect()
             transport = connection._writer.transport
             link = RedisLink(connection, transport.get_protocol())
+            link.served = kept
             transport.set_protocol(link)
             link.connection_made(transport)
         except BaseException:

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from ratelimit.connections import build_client
 from ratelimit.limiter import Decided, LimitConfig, Limited, Limiter, Mode, Outcome, Passed
-from ratelimit.store import Script, Store
+from ratelimit.store import KeyLayout, Script, Store
 from tests.support import RedisServer, require_tool
 from tests.support.settings import make_settings
 
@@ -271,3 +272,27 @@ async def test_the_kept_connection_is_opened_as_the_url_says(tmp_path: Any, data
         assert zcard == "2"
     finally:
         server.stop()
+
+
+async def test_connections_redis_closed_while_idle_go_back_to_the_pool(
+    redis_server: RedisServer,
+) -> None:
+    """Each time Redis drops the batches' idle connection (its `timeout`, CLIENT KILL, a
+    restart) the next decision opens another: the dropped one must go back to the pool, or a
+    pool of two is used up after two such events and every decision after fails."""
+    settings = make_settings(redis_server.url, message_limits="100/1m")
+    store = Store(
+        build_client(settings.redis_url, settings.store_timeout, 2),
+        KeyLayout(settings.key_prefix),
+        settings.store_timeout,
+    )
+    limiter = Limiter(store, LimitConfig.from_settings(settings))
+    try:
+        client = parse_ip("192.0.2.50")
+        for _ in range(5):
+            assert (await limiter.count_message(client, 1)).outcome is Outcome.ACCEPTED
+            redis_server.cli("CLIENT", "KILL", "TYPE", "normal")
+            await asyncio.sleep(0.05)  # the close reaches the link while it is idle
+        assert (await limiter.count_message(client, 1)).outcome is Outcome.ACCEPTED
+    finally:
+        await store.aclose()
