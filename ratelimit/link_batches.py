@@ -192,6 +192,10 @@ class LinkBatcher:
         except (RedisError, OSError, TimeoutError) as error:
             self._failed(batch, describe(error))
             return
+        except Exception as error:  # a bug: logged, and the next batch still goes out
+            log.exception("opening the batches' Redis connection failed")
+            self._failed(batch, describe(error))
+            return
         except BaseException:
             fail_all(batch, StoreUnavailable("stopped"))
             raise
@@ -228,9 +232,9 @@ class LinkBatcher:
         self._spawn(self._release(link))
 
     async def _release(self, link: RedisLink) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # closed already, or closing: nothing to keep
             await link.connection.disconnect(nowait=True)
-        await self.client.connection_pool.release(link.connection)
+            await self.client.connection_pool.release(link.connection)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
