@@ -20,16 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import hiredis
 
+from benchmarks.nullserver import serve_answers
 from policyd.protocol import PolicyRequest
-from policyd.server import ConnectionLimits, PolicyServer
-from ratelimit.listen import parse_listen
 from smtp_whitelist.loop import run_event_loop
 
 Later = Callable[[str | None], None]
@@ -120,15 +118,7 @@ async def serve(listen: str, redis_host: str, redis_port: int, script: bool) -> 
     def answer(request: PolicyRequest, later: Later) -> None:
         redis.ask(later, request.client_address)
 
-    server = PolicyServer(answer, ConnectionLimits(1000, 600.0, 10.0))
-    stopping = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    await server.start(parse_listen(listen))
-    print("ready", flush=True)
-    await stopping.wait()
-    await server.stop(grace=4.0)
-    return 0
+    return await serve_answers(listen, answer)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 
 from policyd.protocol import PolicyRequest
-from policyd.server import ConnectionLimits, PolicyServer
+from policyd.server import Answer, ConnectionLimits, PolicyServer
 from ratelimit.listen import parse_listen
 from smtp_whitelist.loop import run_event_loop
 
@@ -29,9 +29,15 @@ def null_answer(request: PolicyRequest, later: Callable[[str | None], None]) -> 
 
 
 async def serve(listen: str, max_connections: int) -> int:
+    return await serve_answers(listen, null_answer, max_connections)
+
+
+async def serve_answers(listen: str, answer: Answer, max_connections: int = 1000) -> int:
+    """A PolicyServer answering with ``answer`` on ``listen`` until SIGTERM or SIGINT (the floor
+    servers of benchmarks/floorserver.py run the same way)."""
     loop = asyncio.get_running_loop()
     # The daemon's defaults (docs/interface.md): MAX_CONNECTIONS, IDLE_TIMEOUT, REQUEST_TIMEOUT.
-    server = PolicyServer(null_answer, ConnectionLimits(max_connections, 600.0, 10.0))
+    server = PolicyServer(answer, ConnectionLimits(max_connections, 600.0, 10.0))
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
