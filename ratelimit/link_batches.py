@@ -52,6 +52,7 @@ class LinkBatcher:
         self._scheduled = False
         self._link: RedisLink | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # opening and releasing connections
+        self._closed = False  # aclose() was called: no connection is opened any more
 
     def submit(
         self, script: Script, shared: list[Any], keys: list[str], args: list[Any], slot: ReplySlot
@@ -78,7 +79,9 @@ class LinkBatcher:
         if link is not None and link.lost:
             self._drop(link)  # closed while idle (Redis' timeout, a restart): back to the pool
             link = None
-        if link is None:
+        if link is None and self._closed:
+            self._failed(batch, "the store is closed")
+        elif link is None:
             self._spawn(self._open_then_send(batch, deadline, retried=False))
         else:
             self._send(link, batch, deadline, retried=False)
@@ -160,7 +163,7 @@ class LinkBatcher:
         retried: bool,
     ) -> None:
         self._drop(link)
-        if lost.stale and not retried:
+        if lost.stale and not retried and not self._closed:
             log.debug("Redis connection found closed (%s); trying once more", lost)
             self._spawn(self._open_then_send(batch, deadline, retried=True))
             return
@@ -242,8 +245,11 @@ class LinkBatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._link is not None:
             self._drop(self._link)
-        for task in list(self._tasks):
+        await asyncio.sleep(0)  # the closed link's connection_lost, and what it spawns, run now
+        while self._tasks:
+            task = self._tasks.pop()
             with contextlib.suppress(BaseException):
                 await task

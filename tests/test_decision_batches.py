@@ -15,7 +15,7 @@ import pytest
 
 from ratelimit.connections import build_client
 from ratelimit.limiter import Decided, LimitConfig, Limited, Limiter, Mode, Outcome, Passed
-from ratelimit.store import KeyLayout, Script, Store
+from ratelimit.store import KeyLayout, Script, Store, StoreUnavailable
 from tests.support import RedisServer, require_tool
 from tests.support.settings import make_settings
 
@@ -296,3 +296,25 @@ async def test_connections_redis_closed_while_idle_go_back_to_the_pool(
         assert (await limiter.count_message(client, 1)).outcome is Outcome.ACCEPTED
     finally:
         await store.aclose()
+
+
+async def test_a_store_closed_with_a_batch_out_opens_no_connection_after(
+    redis_server: RedisServer,
+) -> None:
+    """At shutdown the batches' connection is closed under a batch still waiting for Redis:
+    that batch fails (StoreUnavailable, as any outage), and no connection is opened again."""
+    settings = make_settings(redis_server.url, message_limits="5/1m")
+    store = Store.from_settings(settings)
+    limiter = Limiter(store, LimitConfig.from_settings(settings))
+    client = parse_ip("192.0.2.70")
+    await limiter.count_message(client, 1)  # the connection is open and has served
+    redis_server.cli("CLIENT", "PAUSE", "800", "WRITE")  # the script writes: it waits
+    pending = asyncio.ensure_future(limiter.count_message(client, 1))
+    await asyncio.sleep(0.1)
+    await store.aclose()
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(pending, 2)
+    await asyncio.sleep(1.0)  # the pause is over: a connection opened meanwhile would show
+    connected = redis_server.cli("CLIENT", "LIST").splitlines()
+    assert len(connected) == 1, connected  # redis-cli's own
+    assert redis_server.cli("ZCARD", store.keys.client_log("192.0.2.70/32")) == "1"
