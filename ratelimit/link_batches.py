@@ -89,7 +89,14 @@ class LinkBatcher:
     def _send(
         self, link: RedisLink, batch: list[_Pending], deadline: float, *, retried: bool
     ) -> None:
-        calls = script_calls(batch, per_slot=False)
+        try:
+            calls = script_calls(batch, per_slot=False)
+            payload = b"".join([hiredis.pack_command(call.command()) for call in calls])
+        except Exception:  # a bug (an argument hiredis cannot pack): this batch only
+            log.exception("a decision batch could not be packed")
+            fail_all(batch, StoreUnavailable("the decision could not be sent to Redis"))
+            self._finished()
+            return
         if not calls:  # every caller went away
             self._finished()
             return
@@ -102,9 +109,7 @@ class LinkBatcher:
             else:
                 self._replied(link, batch, calls, result, deadline)
 
-        link.send(
-            b"".join([hiredis.pack_command(call.command()) for call in calls]), len(calls), replied
-        )
+        link.send(payload, len(calls), replied)
 
     def _replied(
         self,

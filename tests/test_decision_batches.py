@@ -318,3 +318,21 @@ async def test_a_store_closed_with_a_batch_out_opens_no_connection_after(
     connected = redis_server.cli("CLIENT", "LIST").splitlines()
     assert len(connected) == 1, connected  # redis-cli's own
     assert redis_server.cli("ZCARD", store.keys.client_log("192.0.2.70/32")) == "1"
+
+
+async def test_a_batch_that_cannot_be_sent_fails_alone(
+    store: Store, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug that makes a batch unpackable fails that batch's decisions as an outage (logged
+    with its traceback); the decisions after it are made as ever."""
+    limiter = limiter_for(store, redis_server, message_limits="5/1m")
+    client = parse_ip("192.0.2.80")
+    assert (await limiter.count_message(client, 1)).outcome is Outcome.ACCEPTED
+    network = "192.0.2.81/32"
+    keys = [store.keys.client_log(network), store.keys.grant("192.0.2.81", network), "x"]
+    unpackable = store.run_batched(DECIDE, [object()], keys, ["count", 1])
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(unpackable, 2)
+    assert "could not be packed" in caplog.text
+    verdict = await asyncio.wait_for(limiter.count_message(client, 1), 2)
+    assert verdict.outcome is Outcome.ACCEPTED
