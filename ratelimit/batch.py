@@ -5,7 +5,9 @@ arguments they share, and replies with one reply per call: one EVALSHA, one TIME
 script start per batch instead of per decision. The calls of a batch run in order, atomically
 as a whole, so each is as atomic as it was alone. On a Redis Cluster every call's keys share a
 hash tag, so the calls are grouped per slot, one script call per slot, and the groups for each
-node go in one write (:meth:`ratelimit.store.Store.run_batched`).
+node go in one write (:class:`Batcher`). On a single Redis or Sentinel's master the batches go
+on a connection of their own (:mod:`ratelimit.link_batches`); both share the grouping and the
+delivery of replies below.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ by ``STORE_TIMEOUT`` and every failure becomes :class:`StoreUnavailable` (rateli
 The raw client is private (``_client``): callers use the typed methods below, so every command
 goes through the timeout, the breaker and the cluster rules (tests/test_architecture.py).
 Beside it, by role: the key layout (keys.py), the scripts (scripts.py), the circuit breaker
-(breaker.py) and the decision batches (batch.py).
+(breaker.py) and the decision batches (batch.py; on a single Redis or Sentinel, link_batches.py).
 """
 
 from __future__ import annotations
@@ -239,7 +239,8 @@ class Store:
     ) -> asyncio.Future[Any]:
         """One call of a batch script (``shared`` arguments first, then each call's own), run
         with the calls made together in one script call and one round trip
-        (:class:`ratelimit.batch.Batcher`); await the future for this call's reply. Raises
+        (:mod:`ratelimit.batch`, :mod:`ratelimit.link_batches`); await the future for this call's
+        reply. Raises
         :class:`StoreUnavailable` at once while the circuit breaker is open."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.batcher.submit(script, shared, keys, args, future)
