@@ -103,10 +103,10 @@ class PolicyDecider:
         elif state in CHECKED_STATES:
             mode = Mode.CHECK
         else:
-            return self._answered(request, state, DUNNO, NOT_COUNTED, started)
+            return self.answered(request, state, DUNNO, NOT_COUNTED, started)
         address = self._limited_address(request, state)
         if address is None:
-            return self._answered(request, state, DUNNO, NOT_COUNTED, started)
+            return self.answered(request, state, DUNNO, NOT_COUNTED, started)
         waiter = WaitingDecision(self, request, state, address, started, later)
         try:
             verdict = self.limiter.submit(address, mode, request.recipient_count, waiter)
@@ -131,7 +131,7 @@ class PolicyDecider:
             raise RuntimeError("the policy decision failed (logged)")
         return action
 
-    def _answered(
+    def answered(
         self, request: PolicyRequest, state: str, action: str, result: str, started: float
     ) -> str:
         """What follows every decision: its metric, the stage watch, the refusal summaries."""

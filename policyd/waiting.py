@@ -61,7 +61,7 @@ class WaitingDecision:
                 metrics=decider.metrics,
                 recipient_limits=decider.limiter.config.recipient_limits,
             )
-        return decider._answered(
+        return decider.answered(
             self.request, self.state, action, verdict.outcome._value_, self.started
         )
 
@@ -70,7 +70,7 @@ class WaitingDecision:
         action = decider.outage.failed(
             str(self.address), self.state, self.request, error, decider.replies
         )
-        return decider._answered(self.request, self.state, action, STORE_ERROR, self.started)
+        return decider.answered(self.request, self.state, action, STORE_ERROR, self.started)
 
     # -- VerdictWaiter: called from the batch's reply -------------------------------------------
 

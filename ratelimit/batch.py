@@ -122,7 +122,7 @@ def _call_failure(reply: Any, calls: int) -> Exception:
 
 class Batcher:
     """The batches of one store on a Redis Cluster: one round trip at a time, each script call
-    on its slot's master (a single Redis or Sentinel's master: link.LinkBatcher)."""
+    on its slot's master (a single Redis or Sentinel's master: link_batches.LinkBatcher)."""
 
     def __init__(self, client: RedisCluster, timeout: float, breaker: CircuitBreaker) -> None:
         self.client = client

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ratelimit.errors import StoreUnavailable
+from ratelimit.errors import StoreError, StoreUnavailable
 from ratelimit.limits import Limit
 
 if TYPE_CHECKING:
@@ -120,7 +120,16 @@ class ScriptReply:
         return self.waiter.cancelled()
 
     def set_result(self, result: Any, /) -> None:
-        self.waiter.decided(verdict_of(self.config, self.network, result))
+        try:
+            verdict = verdict_of(self.config, self.network, result)
+        except (TypeError, ValueError, IndexError) as error:
+            # Not a reply decide.lua gives (another script under its name, a proxy's garbage):
+            # this decision fails as a store error, answered, rather than never.
+            self.waiter.failed(
+                StoreError(f"unreadable reply from decide.lua {result!r:.80}: {error}")
+            )
+            return
+        self.waiter.decided(verdict)
 
     def set_exception(self, exception: type | BaseException, /) -> None:
         if not isinstance(exception, StoreUnavailable):

@@ -15,7 +15,8 @@ import pytest
 
 from ratelimit.connections import build_client
 from ratelimit.limiter import Decided, LimitConfig, Limited, Limiter, Mode, Outcome, Passed
-from ratelimit.store import KeyLayout, Script, Store, StoreUnavailable
+from ratelimit.store import KeyLayout, Script, Store, StoreError, StoreUnavailable
+from ratelimit.verdicts import ScriptReply
 from tests.support import RedisServer, require_tool
 from tests.support.settings import make_settings
 
@@ -336,3 +337,19 @@ async def test_a_batch_that_cannot_be_sent_fails_alone(
     assert "could not be packed" in caplog.text
     verdict = await asyncio.wait_for(limiter.count_message(client, 1), 2)
     assert verdict.outcome is Outcome.ACCEPTED
+
+
+@pytest.mark.parametrize("reply", [[9], b"not a list", [2, 7, 0, 0], None])
+def test_a_reply_decide_lua_does_not_give_fails_that_decision_answered(reply: Any) -> None:
+    """Pure: a reply that is not decide.lua's (index 7 of a single limit, a code it never
+    answers, not a list) reaches the decision as a store error, so it is answered (by
+    ON_STORE_ERROR) instead of waiting for ever."""
+    config = LimitConfig.from_settings(
+        make_settings("redis://127.0.0.1:1/0", message_limits="5/1m")
+    )
+    waiter = Waiter()
+    waiter.expected = 1
+    ScriptReply(config, "192.0.2.90/32", waiter).set_result(reply)
+    [outcome] = waiter.verdicts
+    assert isinstance(outcome, StoreError)
+    assert "unreadable reply from decide.lua" in str(outcome)
