@@ -27,6 +27,7 @@ from typing import Any
 import hiredis
 
 from benchmarks.nullserver import serve_answers
+from benchmarks.openloop import tcp_address
 from policyd.protocol import PolicyRequest
 from smtp_whitelist.loop import run_event_loop
 
@@ -124,11 +125,13 @@ async def serve(listen: str, redis_host: str, redis_port: int, script: bool) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.floorserver", description=__doc__)
     parser.add_argument("listen", help="host:port, as POLICY_LISTEN")
-    parser.add_argument("--redis", required=True, help="host:port of the Redis to ask")
+    parser.add_argument(
+        "--redis", required=True, type=tcp_address, help="host:port of the Redis to ask"
+    )
     parser.add_argument("--script", action="store_true", help="an empty EVALSHA, not PING")
     args = parser.parse_args(argv)
-    host, _, port = args.redis.rpartition(":")
-    return run_event_loop(serve(args.listen, host, int(port), args.script))
+    host, port = args.redis
+    return run_event_loop(serve(args.listen, host, port, args.script))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from benchmarks.loadgen import (
     new_event_loop,
     parse_mix,
 )
+from ratelimit.listen import parse_listen
 
 # The event loop's timers (asyncio's epoll wait, libuv's) count whole milliseconds.
 TIMER_RESOLUTION = 0.001
@@ -188,19 +189,31 @@ def run_open_loop(
         return runner.run(_run_async(host, port, connections, rate, duration, maker))
 
 
+def tcp_address(text: str) -> tuple[str, int]:
+    """host:port or [v6addr]:port (POLICY_LISTEN's syntax), for argparse: a bad one is a usage
+    error, not a traceback."""
+    try:
+        [address] = parse_listen(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if address.host is None or address.port is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: a TCP address is needed here")
+    return address.host, address.port
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.openloop", description=__doc__)
-    parser.add_argument("target", help="host:port of the policy server")
+    parser.add_argument("target", type=tcp_address, help="host:port of the policy server")
     parser.add_argument("--rate", type=float, default=1000.0, help="requests per second offered")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--ips", type=int, default=10_000)
     parser.add_argument("--mix", default="DATA")
     args = parser.parse_args(argv)
-    host, _, port = args.target.rpartition(":")
+    host, port = args.target
     result = run_open_loop(
-        host.strip("[]"),
-        int(port),
+        host,
+        port,
         rate=args.rate,
         duration=args.duration,
         connections=args.connections,

@@ -425,6 +425,27 @@ def more_files() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def open_rates(text: str) -> list[float]:
+    """--open-rates: positive requests/s, comma-separated (a bad one: a usage error)."""
+    try:
+        found = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: numbers of requests/s, e.g. 1000,3000"
+        ) from None
+    if any(r <= 0 for r in found):
+        raise argparse.ArgumentTypeError(f"{text!r}: every rate must be above 0")
+    return found
+
+
+def source_tree(text: str) -> Path:
+    """--policyd-tree: a directory holding the packages (else the installed daemon would run)."""
+    tree = Path(text).resolve()
+    if not (tree / "smtp_whitelist" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no smtp_whitelist/ package in it")
+    return tree
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="null/ours rounds (median shown)")
@@ -436,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument(
         "--open-rates",
+        type=open_rates,
         default="1000,3000,6000",
         help="requests/s offered in the open-loop runs (comma-separated; empty: none)",
     )
@@ -445,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--policyd-tree",
-        type=Path,
+        type=source_tree,
         help="run smtp-whitelist policyd from this source tree (a checkout of another commit)",
     )
     args = parser.parse_args(argv)
@@ -507,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in table(median_round(closed["null"]), median_round(closed["ours"])):
                 say(line)
 
-            rates = [float(r) for r in args.open_rates.split(",") if r.strip()]
+            rates = args.open_rates
             open_rounds: OpenRounds = {}
             if rates:
                 say()
