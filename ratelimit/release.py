@@ -60,11 +60,11 @@ async def read_log(store: Store, network: str) -> tuple[list[tuple[int, int]], i
             # A cluster pipeline refuses TIME: the clock is read just before the log instead.
             return [
                 await store.time(),
-                await store.zrange_scored(key),
+                await store.entries_scored(key),
             ]
         pipe = store.pipeline()
         pipe.time()
-        pipe.zrange(key, 0, -1, withscores=True)
+        pipe.zrange(key, 0, "+inf", byscore=True, withscores=True)
         return list(await pipe.execute())
 
     (seconds, micros), members = await store.call(read)

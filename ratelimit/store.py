@@ -208,9 +208,10 @@ class Store:
         seconds, micros = await self._client.time()
         return int(seconds), int(micros)
 
-    async def zrange_scored(self, key: str) -> list[tuple[bytes, float]]:
-        """A whole sorted set, lowest score first, with the scores."""
-        reply = await self._client.zrange(key, 0, -1, withscores=True)
+    async def entries_scored(self, key: str) -> list[tuple[bytes, float]]:
+        """The members of a sorted set scored 0 or more, lowest first, with the scores: a
+        client's entries without the running sums decide.lua keeps below zero."""
+        reply = await self._client.zrange(key, 0, "+inf", byscore=True, withscores=True)
         return cast(list[tuple[bytes, float]], reply)
 
     async def xrevrange(

@@ -3,7 +3,8 @@
 -- two decisions for the same client in one batch see each other's counts.
 --
 -- Per decision d (1-based), three keys:
--- KEYS[3d-2]  the client's log: sorted set, one member per accepted message, score = time in µs
+-- KEYS[3d-2]  the client's log: sorted set, one member per accepted message, score = time in µs,
+--             and three bookkeeping members scored below zero (see "The log's running sums")
 -- KEYS[3d-1]  the whitelist key of the client's exact address
 -- KEYS[3d]    the offender hash of the client's exact address (refusals per hour)
 -- Shared by the batch, first in ARGV (the limits, from the settings):
@@ -51,7 +52,6 @@ local now_text = int(now)
 for i = 1, m do message_limits[i][3] = int(now - message_limits[i][2]) end
 for j = 1, r do recipient_limits[j][3] = int(now - recipient_limits[j][2]) end
 local stale_before = '(' .. int(now - longest)
-local log_ttl = int(math.ceil(longest / 1000) + 1000)
 local first_decision_arg = 2 * m + 2 * r + 4
 
 -- The offender view (`smtp-whitelist top`): a refusal is also counted per client address, in
@@ -78,56 +78,145 @@ local function refused(offender, code, i, used, limit)
   return {code, i, used, (count == threshold) and count or 0}
 end
 
+-- The log's running sums. A decision that counts needs, for each limit, what the client sent in
+-- that window; summing the recipients member by member costs Redis one string per message in
+-- the window on every decision. So the log also carries, as members scored below every entry
+-- (entries are scored by time, > 0, so no window, no trim of stale entries and no read of the
+-- entries reaches them):
+--   't'  scored -1 - the recipients of the entries in the log,
+--   'c'  scored -1 - the number of those entries,
+--   'e'  scored - the moment (µs) the log's TTL was last set to expire.
+-- After stale entries are trimmed the log holds exactly the longest window, so a limit whose
+-- window is the longest (the defaults' 100/1h and 1000/1h both are) reads its use from them;
+-- a shorter window counts as before. Every decision that adds an entry keeps them exact in the
+-- same atomic step, subtracting what the trim took. A log without all three (a new client, or
+-- one an earlier version of this script trimmed: it drops everything below the window, these
+-- too) has them rebuilt from its entries once.
+--
+-- 'e' spares a PEXPIRE per message: the TTL is set to the longest window plus SLACK and only
+-- renewed once a new entry would outlive it, so a busy client renews it once per SLACK.
+local SLACK = math.min(longest, 60000000)  -- at most a minute's more life for an idle log
+
+local function sums_of(log)
+  local s = redis.call('ZMSCORE', log, 't', 'c', 'e')
+  local recipients, messages, expires = 0, 0, 0
+  if s[1] and s[2] and s[3] then
+    recipients, messages, expires = -1 - tonumber(s[1]), -1 - tonumber(s[2]), -tonumber(s[3])
+    local stale = redis.call('ZRANGE', log, '0', stale_before, 'BYSCORE')
+    if #stale > 0 then
+      -- Entries older than the longest window can never count again: drop them, so a client's
+      -- log holds at most what its limits allow.
+      redis.call('ZREMRANGEBYSCORE', log, '0', stale_before)
+      for _, member in ipairs(stale) do
+        recipients = recipients - tonumber(string.match(member, '^(%d+)'))
+      end
+      messages = messages - #stale
+      s.trimmed = true
+    end
+  else
+    -- No sums (a new client, or a log an earlier version wrote): from the entries, once; one
+    -- read serves the trim too. `expires` 0: the TTL is set as the entry is added.
+    local entries = redis.call('ZRANGE', log, '0', '+inf', 'BYSCORE', 'WITHSCORES')
+    local cut, stale = now - longest, 0
+    for k = 1, #entries, 2 do
+      if tonumber(entries[k + 1]) < cut then
+        stale = stale + 1
+      else
+        recipients = recipients + tonumber(string.match(entries[k], '^(%d+)'))
+        messages = messages + 1
+      end
+    end
+    if stale > 0 then redis.call('ZREMRANGEBYSCORE', log, '0', stale_before) end
+  end
+  return s, recipients, messages, expires
+end
+
+-- What a window's entries add up to, member by member (a member is "recipients:time[:n]").
+local function recipients_since(log, since)
+  local used = 0
+  for _, member in ipairs(redis.call('ZRANGE', log, since, '+inf', 'BYSCORE')) do
+    used = used + tonumber(string.match(member, '^(%d+)'))
+  end
+  return used
+end
+
+-- A refused DATA adds no entry; if its trim took entries, the sums must say so all the same.
+local function refused_after_trim(log, offender, s, recipients, messages, code, i, used, limit)
+  if s.trimmed then
+    redis.call('ZADD', log, int(-1 - recipients), 't', int(-1 - messages), 'c')
+  end
+  return refused(offender, code, i, used, limit)
+end
+
+-- DATA: check every limit, then record the message and the sums in one ZADD.
+local function count(log, offender, rcpts)
+  local s, recipients, messages, expires = sums_of(log)
+  for i = 1, m do
+    local limit = message_limits[i]
+    local used = messages
+    if limit[2] ~= longest then used = redis.call('ZCOUNT', log, limit[3], '+inf') end
+    if used + 1 > limit[1] then
+      return refused_after_trim(log, offender, s, recipients, messages, 2, i, used, limit)
+    end
+  end
+  for j = 1, r do
+    local limit = recipient_limits[j]
+    local used = recipients
+    if limit[2] ~= longest then used = recipients_since(log, limit[3]) end
+    if used + rcpts > limit[1] then
+      return refused_after_trim(log, offender, s, recipients, messages, 3, j, used, limit)
+    end
+  end
+  local member = int(rcpts) .. ':' .. now_text
+  local add = {log, now_text, member, int(-1 - (recipients + rcpts)), 't',
+    int(-1 - (messages + 1)), 'c'}
+  -- ZADD answers how many members are new: the entry, and any sum the log did not have yet.
+  local new = 1
+  if not s[1] then new = new + 1 end
+  if not s[2] then new = new + 1 end
+  local renew = now + longest > expires
+  local expires_at = now + longest + SLACK
+  if renew then
+    add[8], add[9] = int(-expires_at), 'e'
+    if not s[3] then new = new + 1 end
+  end
+  if redis.call('ZADD', unpack(add)) < new then
+    -- The same recipients at the same µs (two messages of one batch): a distinct member.
+    local n = 1
+    while redis.call('ZADD', log, 'NX', now_text, member .. ':' .. n) == 0 do n = n + 1 end
+  end
+  if renew then
+    -- The log expires a little after its newest entry leaves the longest window.
+    redis.call('PEXPIREAT', log, int(math.ceil(expires_at / 1000)))
+  end
+  return {0, 0, 0, 0}
+end
+
 local function decide(log, grant, offender, mode, rcpts)
   if mode ~= 'usage' and redis.call('EXISTS', grant) == 1 then
     return {1, 0, 0, 0}
   end
-  local usage = {4}
   if mode == 'count' then
-    -- Entries older than the longest window can never count again: drop them, so a client's
-    -- log holds at most what its limits allow. (Only when about to add: reading needs no trim.)
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', stale_before)
+    if longest == 0 then return {0, 0, 0, 0} end  -- no limits: nothing to count against
+    return count(log, offender, rcpts)
   end
+  local usage = {4}
   for i = 1, m do
     local limit = message_limits[i]
     local used = redis.call('ZCOUNT', log, limit[3], '+inf')
     if mode == 'usage' then
       usage[#usage + 1] = used
-    elseif (mode == 'count' and used + 1 > limit[1]) or (mode == 'check' and used >= limit[1]) then
+    elseif used >= limit[1] then
       return refused(offender, 2, i, used, limit)
     end
   end
   if mode == 'check' then
     return {0, 0, 0, 0}
   end
-  -- A member is "recipients:time[:n]"; summing the recipients of the window is O(messages in
-  -- it), which the message limits keep small.
   for j = 1, r do
-    local limit = recipient_limits[j]
-    local used = 0
-    for _, member in ipairs(redis.call('ZRANGE', log, limit[3], '+inf', 'BYSCORE')) do
-      used = used + tonumber(string.match(member, '^(%d+)'))
-    end
-    if mode == 'usage' then
-      usage[#usage + 1] = used
-    elseif used + rcpts > limit[1] then
-      return refused(offender, 3, j, used, limit)
-    end
+    usage[#usage + 1] = recipients_since(log, recipient_limits[j][3])
   end
-  if mode == 'usage' then
-    return usage
-  end
-  if longest > 0 then
-    local member = int(rcpts) .. ':' .. now_text
-    local n = 0
-    while redis.call('ZADD', log, 'NX', now_text, member) == 0 do
-      n = n + 1
-      member = int(rcpts) .. ':' .. now_text .. ':' .. n
-    end
-    -- The log expires a little after its newest entry leaves the longest window.
-    redis.call('PEXPIRE', log, log_ttl)
-  end
-  return {0, 0, 0, 0}
+  return usage
 end
 
 local replies = {}

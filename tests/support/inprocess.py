@@ -37,8 +37,10 @@ class RunningServer:
         return await PolicyClient.connect(address or self.address)
 
     async def log_size(self, network: str) -> int:
-        """Entries in the client network's log in Redis (0 when the key does not exist)."""
-        return int(await self.store._client.zcard(self.store.keys.client_log(network)))
+        """Entries in the client network's log in Redis (0 when the key does not exist): its
+        members scored 0 or more, as decide.lua keeps its running sums below zero."""
+        log = self.store.keys.client_log(network)
+        return int(await self.store._client.zcount(log, 0, "+inf"))
 
     async def keys(self) -> list[str]:
         """Every key under this test's prefix."""
