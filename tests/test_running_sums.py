@@ -1,7 +1,7 @@
 """decide.lua's running sums: every answer is the one a walk of the client's entries gives.
 
-The script keeps, in the client's log, the recipients and messages of its entries and the
-moment its TTL was set (members ``t``, ``c``, ``e``, scored below zero), so a limit whose window
+The script keeps, in the client's log, the recipients and messages of its entries and the moment
+its TTL was set (members ``0:t``, ``0:c``, ``0:e``, scored below zero), so a limit whose window
 is the longest needs no walk of the window. These tests drive the script itself, with the
 daemon's own arguments, against a real redis-server, and compare every answer with a model that
 walks the entries: through time passing (entries rewritten older, as the clock would make them),
@@ -31,6 +31,7 @@ HOUR, TEN_MINUTES = 3600 * US, 600 * US
 KEYS = KeyLayout("sums:")
 CLIENTS = ("192.0.2.1", "192.0.2.2")
 ACCEPTED, MESSAGES, RECIPIENTS, USAGE = 0, 2, 3, 4
+SUMS = ["0:t", "0:c", "0:e"]  # recipients, messages, the TTL's moment
 
 
 def log_key(client: str) -> str:
@@ -133,7 +134,7 @@ def stored_entries(client: redis.Redis, who: str) -> list[tuple[int, int]]:
 def assert_sums_hold(client: redis.Redis, who: str) -> None:
     """Where the sums are kept, they are the entries' own, and the TTL is the one recorded."""
     key = log_key(who)
-    sums = client.zmscore(key, ["t", "c", "e"])
+    sums = client.zmscore(key, SUMS)
     if sums == [None, None, None]:
         return
     recipients, messages, expires = (int(score or 0) for score in sums)
@@ -253,7 +254,7 @@ def test_a_new_client_gets_its_sums_and_a_ttl_past_its_newest_entry(direct: redi
     who = CLIENTS[0]
     assert decide(direct, limits, [(who, "count", 3), (who, "count", 2)]) == [[0, 0, 0, 0]] * 2
     key = log_key(who)
-    recipients, messages, expires = direct.zmscore(key, ["t", "c", "e"])
+    recipients, messages, expires = direct.zmscore(key, SUMS)
     assert (recipients, messages) == (-6.0, -3.0)  # -1 - 5 recipients, -1 - 2 messages
     newest = max(at for at, _ in stored_entries(direct, who))
     assert expires is not None
@@ -271,7 +272,7 @@ def test_the_ttl_is_renewed_only_when_an_entry_would_outlive_it(direct: redis.Re
     decide(direct, limits, [(who, "count", 1)])
     assert direct.pexpiretime(key) == first  # still covers the new entry: not renewed
     # As if the TTL was set a minute and more ago: the next entry needs a later one.
-    direct.zadd(key, {"e": -(first * 1000 - 61 * US)}, xx=True)
+    direct.zadd(key, {"0:e": -(first * 1000 - 61 * US)}, xx=True)
     direct.pexpireat(key, first - 61_000)
     decide(direct, limits, [(who, "count", 1)])
     newest = max(at for at, _ in stored_entries(direct, who))
@@ -297,7 +298,7 @@ def test_a_refusal_after_a_trim_leaves_the_sums_exact(direct: redis.Redis) -> No
     reply = decide(direct, limits_one, [(who, "count", 1)])
     assert reply[0][:3] == [MESSAGES, 1, 0]
     assert stored_entries(direct, who) == []
-    assert direct.zmscore(key, ["t", "c"]) == [-1.0, -1.0]  # nothing left, and the sums say so
+    assert direct.zmscore(key, SUMS[:2]) == [-1.0, -1.0]  # nothing left, and the sums say so
     assert_sums_hold(direct, who)
 
 
@@ -325,8 +326,8 @@ def test_a_log_an_earlier_version_wrote_is_summed_again(direct: redis.Redis) -> 
     now = now_us(direct)
     direct.zremrangebyscore(key, "-inf", f"({now - HOUR}")  # as the previous script did
     direct.zadd(key, {f"5:{now}": now}, nx=True)
-    assert direct.zmscore(key, ["t", "c", "e"]) == [None, None, None]
+    assert direct.zmscore(key, SUMS) == [None, None, None]
     assert decide(direct, limits, [(who, "count", 1)] * 2) == [[0, 0, 0, 0]] * 2
     assert sorted(n for _, n in stored_entries(direct, who)) == [1, 1, 2, 5]
-    assert direct.zmscore(key, ["t", "c"]) == [-10.0, -5.0]
+    assert direct.zmscore(key, SUMS[:2]) == [-10.0, -5.0]
     assert_sums_hold(direct, who)

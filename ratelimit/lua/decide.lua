@@ -83,9 +83,12 @@ end
 -- the window on every decision. So the log also carries, as members scored below every entry
 -- (entries are scored by time, > 0, so no window, no trim of stale entries and no read of the
 -- entries reaches them):
---   't'  scored -1 - the recipients of the entries in the log,
---   'c'  scored -1 - the number of those entries,
---   'e'  scored - the moment (µs) the log's TTL was last set to expire.
+--   '0:t'  scored -1 - the recipients of the entries in the log,
+--   '0:c'  scored -1 - the number of those entries,
+--   '0:e'  scored - the moment (µs) the log's TTL was last set to expire.
+-- Their names read as entries of no recipients, so a reader that takes every member for an
+-- entry (`show` of an earlier version, during a rolling upgrade) still parses them, and as
+-- their times are below every window it counts none of them.
 -- After stale entries are trimmed the log holds exactly the longest window, so a limit whose
 -- window is the longest (the defaults' 100/1h and 1000/1h both are) reads its use from them;
 -- a shorter window counts as before. Every decision that adds an entry keeps them exact in the
@@ -93,12 +96,12 @@ end
 -- one an earlier version of this script trimmed: it drops everything below the window, these
 -- too) has them rebuilt from its entries once.
 --
--- 'e' spares a PEXPIRE per message: the TTL is set to the longest window plus SLACK and only
+-- '0:e' spares a PEXPIRE per message: the TTL is set to the longest window plus SLACK and only
 -- renewed once a new entry would outlive it, so a busy client renews it once per SLACK.
 local SLACK = math.min(longest, 60000000)  -- at most a minute's more life for an idle log
 
 local function sums_of(log)
-  local s = redis.call('ZMSCORE', log, 't', 'c', 'e')
+  local s = redis.call('ZMSCORE', log, '0:t', '0:c', '0:e')
   local recipients, messages, expires = 0, 0, 0
   if s[1] and s[2] and s[3] then
     recipients, messages, expires = -1 - tonumber(s[1]), -1 - tonumber(s[2]), -tonumber(s[3])
@@ -143,7 +146,7 @@ end
 -- A refused DATA adds no entry; if its trim took entries, the sums must say so all the same.
 local function refused_after_trim(log, offender, s, recipients, messages, code, i, used, limit)
   if s.trimmed then
-    redis.call('ZADD', log, int(-1 - recipients), 't', int(-1 - messages), 'c')
+    redis.call('ZADD', log, int(-1 - recipients), '0:t', int(-1 - messages), '0:c')
   end
   return refused(offender, code, i, used, limit)
 end
@@ -168,8 +171,8 @@ local function count(log, offender, rcpts)
     end
   end
   local member = int(rcpts) .. ':' .. now_text
-  local add = {log, now_text, member, int(-1 - (recipients + rcpts)), 't',
-    int(-1 - (messages + 1)), 'c'}
+  local add = {log, now_text, member, int(-1 - (recipients + rcpts)), '0:t',
+    int(-1 - (messages + 1)), '0:c'}
   -- ZADD answers how many members are new: the entry, and any sum the log did not have yet.
   local new = 1
   if not s[1] then new = new + 1 end
@@ -177,7 +180,7 @@ local function count(log, offender, rcpts)
   local renew = now + longest > expires
   local expires_at = now + longest + SLACK
   if renew then
-    add[8], add[9] = int(-expires_at), 'e'
+    add[8], add[9] = int(-expires_at), '0:e'
     if not s[3] then new = new + 1 end
   end
   if redis.call('ZADD', unpack(add)) < new then
