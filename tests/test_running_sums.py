@@ -331,3 +331,21 @@ def test_a_log_an_earlier_version_wrote_is_summed_again(direct: redis.Redis) -> 
     assert sorted(n for _, n in stored_entries(direct, who)) == [1, 1, 2, 5]
     assert direct.zmscore(key, SUMS[:2]) == [-10.0, -5.0]
     assert_sums_hold(direct, who)
+
+
+def test_a_reader_that_takes_every_member_for_an_entry_counts_the_same(
+    direct: redis.Redis,
+) -> None:
+    """An earlier version's `show` reads the whole log as entries (recipients:time, scored by
+    time): the sums parse as entries of no recipients, at times no window reaches."""
+    limits = Limits([(100, HOUR)], [(1000, HOUR)])
+    who = CLIENTS[0]
+    decide(direct, limits, [(who, "count", 3), (who, "count", 2)])
+    everything = cast(
+        list[tuple[bytes, float]], direct.zrange(log_key(who), 0, -1, withscores=True)
+    )
+    assert len(everything) == 5  # two entries and the three sums
+    as_entries = [(int(score), int(member.split(b":", 1)[0])) for member, score in everything]
+    now = now_us(direct)
+    inside = [(at, n) for at, n in as_entries if at >= now - HOUR]
+    assert sorted(n for _, n in inside) == [2, 3]
