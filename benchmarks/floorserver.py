@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import hashlib
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -29,9 +28,9 @@ import hiredis
 from benchmarks.nullserver import serve_answers
 from benchmarks.openloop import tcp_address
 from policyd.protocol import PolicyRequest
+from policyd.server import Later
 from smtp_whitelist.loop import run_event_loop
 
-Later = Callable[[str | None], None]
 PING = b"*1\r\n$4\r\nPING\r\n"
 
 

@@ -15,15 +15,14 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
 
 from policyd.protocol import PolicyRequest
-from policyd.server import Answer, ConnectionLimits, PolicyServer
+from policyd.server import Answer, ConnectionLimits, Later, PolicyServer
 from ratelimit.listen import parse_listen
 from smtp_whitelist.loop import run_event_loop
 
 
-def null_answer(request: PolicyRequest, later: Callable[[str | None], None]) -> str:
+def null_answer(request: PolicyRequest, later: Later) -> str:
     """Every request: DUNNO at once, touching nothing."""
     return "DUNNO"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 from policyd.decision_log import log_summaries
 from policyd.logs import fields
@@ -18,6 +17,7 @@ from policyd.protocol import PolicyRequest
 from policyd.refusal_log import RefusalLog
 from policyd.replies import COUNTED_STATES, DUNNO, PASSING_ACTIONS, DecisionSettings, Replies
 from policyd.scope import LimitedScope
+from policyd.server import Later
 from policyd.stage_watch import StageObserver, StageReport
 from policyd.store_outage import StoreOutage, decision_fields
 from policyd.waiting import WaitingDecision
@@ -32,9 +32,6 @@ CHECKED_STATES = frozenset({"RCPT"})
 # client_address texts remembered with their parsed address (ipaddress parsing costs a few µs
 # per request); when this many are held the memo starts again from empty.
 MAX_REMEMBERED_ADDRESSES = 16_384
-# Gets a decision's action once Redis has answered; None: the decision failed (logged), so no
-# reply is sent and the connection is closed.
-Answer = Callable[[str | None], None]
 # The `result` label of requests that no limit was asked about.
 NOT_COUNTED = "not_counted"
 
@@ -88,7 +85,7 @@ class PolicyDecider:
         self.replies = Replies.from_settings(settings)
         self.scope = LimitedScope(settings.limited_networks)
 
-    def answer(self, request: PolicyRequest, later: Answer) -> str | None:
+    def answer(self, request: PolicyRequest, later: Later) -> str | None:
         """The action for ``request`` now, or None: then ``later(action)`` is called once, as soon
         as Redis' reply is read (``later(None)``: the decision failed, logged; send no reply).
 

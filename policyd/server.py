@@ -23,9 +23,12 @@ from ratelimit.listen import ListenAddress, bind_listeners
 
 log = logging.getLogger(__name__)
 
+# Gets a decision's action once Redis has answered; None: the decision failed (logged), so no
+# reply is sent and the connection is closed.
+Later = Callable[[str | None], None]
 # The decision: ``answer(request, later)`` returns the action, or None and calls ``later(action)``
-# once Redis has answered (``later(None)``: it failed, logged; the connection is closed unanswered).
-Answer = Callable[[PolicyRequest, Callable[[str | None], None]], str | None]
+# once Redis has answered.
+Answer = Callable[[PolicyRequest, Later], str | None]
 
 # Postfix opens one connection per smtpd process; hundreds may connect at once after a reload,
 # and the kernel's default backlog (often 128) would make some wait for a SYN retry.

@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from policyd.protocol import PolicyRequest
 from policyd.replies import DUNNO
+from policyd.server import Later
 from policyd.verdict_action import verdict_action
 from ratelimit.addresses import IPAddress
 from ratelimit.limiter import Limited, Verdict
 from ratelimit.store import StoreUnavailable
 
 if TYPE_CHECKING:
-    from policyd.decision import Answer, PolicyDecider
+    from policyd.decision import PolicyDecider
 
 # The decision's own logger: operators filter on it.
 log = logging.getLogger("policyd.decision")
@@ -36,7 +37,7 @@ class WaitingDecision:
         state: str,
         address: IPAddress,
         started: float,
-        later: Answer,
+        later: Later,
     ) -> None:
         self.decider = decider
         self.request = request

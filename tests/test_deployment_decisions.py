@@ -11,7 +11,6 @@ import logging
 
 import pytest
 
-from policyd.decision import PolicyDecider
 from policyd.refusal_log import RefusalLog, Summary
 from tests.support import RedisServer, limit_reply, make_settings, policy_server
 
@@ -166,9 +165,7 @@ async def test_pending_summaries_are_logged_at_stop(
         for _ in range(5):
             await client.ask(protocol_state="RCPT", client_address=CAMPUS)
         await client.aclose()
-        decider = running.server.answer.__self__  # type: ignore[attr-defined]
-        assert isinstance(decider, PolicyDecider)
         with caplog.at_level(logging.INFO, logger="policyd.decision"):
-            decider.flush()
+            running.decider.flush()
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
     assert line.startswith(f"refused network={CAMPUS}/32 4 more time(s) by limit 1/1h messages")

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from policyd.decision import PolicyDecider
 from policyd.server import PolicyServer
 from ratelimit.limiter import Limiter
 from ratelimit.listen import ListenAddress
@@ -24,6 +25,7 @@ class RunningServer:
     """An in-process policy server and what it was built from."""
 
     server: PolicyServer
+    decider: PolicyDecider
     store: Store
     limiter: Limiter
     settings: Settings
@@ -58,7 +60,7 @@ async def policy_server(
     server = policy.server
     await server.start(listen)
     try:
-        yield RunningServer(server, store, policy.limiter, settings)
+        yield RunningServer(server, policy.decider, store, policy.limiter, settings)
     finally:
         await server.stop(grace=1.0)
         await store.aclose()
