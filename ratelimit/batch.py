@@ -42,7 +42,7 @@ class ReplySlot(Protocol):
 
 # One call waiting for its batch: the script, the arguments its batch shares (the limits), its
 # own keys and arguments, and where its reply goes.
-_Pending = tuple[Script, list[Any], list[str], list[Any], ReplySlot]
+Pending = tuple[Script, list[Any], list[str], list[Any], ReplySlot]
 
 
 class ScriptCall:
@@ -62,7 +62,7 @@ class ScriptCall:
         return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.shared, *self.args)
 
 
-def script_calls(batch: list[_Pending], *, per_slot: bool) -> list[ScriptCall]:
+def script_calls(batch: list[Pending], *, per_slot: bool) -> list[ScriptCall]:
     """The batch as few script calls as it can be: one per script and shared arguments (a SIGHUP
     may change the limits between two calls of one batch), and on a cluster one per slot too."""
     calls: dict[tuple[str, int, int], ScriptCall] = {}
@@ -80,7 +80,7 @@ def script_calls(batch: list[_Pending], *, per_slot: bool) -> list[ScriptCall]:
     return list(calls.values())
 
 
-def deliver_replies(batch: list[_Pending], calls: list[ScriptCall], replies: list[Any]) -> None:
+def deliver_replies(batch: list[Pending], calls: list[ScriptCall], replies: list[Any]) -> None:
     """Each call of the batch gets its reply (or its script call's failure)."""
     for call, reply in zip(calls, replies, strict=True):
         if isinstance(reply, list) and len(reply) == len(call.calls):
@@ -92,7 +92,7 @@ def deliver_replies(batch: list[_Pending], calls: list[ScriptCall], replies: lis
             _deliver(batch[index][-1], None, failure)
 
 
-def fail_all(batch: list[_Pending], failure: Exception) -> None:
+def fail_all(batch: list[Pending], failure: Exception) -> None:
     for *_, slot in batch:
         _deliver(slot, None, failure)
 
@@ -128,10 +128,10 @@ class Batcher:
         self.client = client
         self.timeout = timeout
         self.breaker = breaker
-        self._batch: list[_Pending] = []
+        self._batch: list[Pending] = []
         self._batch_since = 0.0  # loop time the oldest decision of the next batch arrived
         self._flusher: asyncio.Task[None] | None = None
-        self._slot_reloader: asyncio.Task[None] | None = None  # cluster only
+        self._slot_reloader: asyncio.Task[None] | None = None
 
     def submit(
         self, script: Script, shared: list[Any], keys: list[str], args: list[Any], slot: ReplySlot
@@ -166,7 +166,7 @@ class Batcher:
         finally:
             self._flusher = None
 
-    async def _flush(self, batch: list[_Pending], deadline: float) -> None:
+    async def _flush(self, batch: list[Pending], deadline: float) -> None:
         calls = script_calls(batch, per_slot=True)
         try:
             async with asyncio.timeout_at(deadline):

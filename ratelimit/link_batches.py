@@ -28,15 +28,13 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 
-from ratelimit.batch import ReplySlot, ScriptCall, deliver_replies, fail_all, script_calls
+from ratelimit.batch import Pending, ReplySlot, ScriptCall, deliver_replies, fail_all, script_calls
 from ratelimit.breaker import CircuitBreaker
 from ratelimit.errors import StoreUnavailable, describe
 from ratelimit.link import LinkLost, RedisLink
 from ratelimit.scripts import Script
 
 log = logging.getLogger("ratelimit.store")
-
-_Pending = tuple[Script, list[Any], list[str], list[Any], ReplySlot]
 
 
 class LinkBatcher:
@@ -46,7 +44,7 @@ class LinkBatcher:
         self.client = client
         self.timeout = timeout
         self.breaker = breaker
-        self._batch: list[_Pending] = []
+        self._batch: list[Pending] = []
         self._batch_since = 0.0  # loop time the oldest decision of the next batch arrived
         self._busy = False  # a batch is out (or its connection is being opened)
         self._scheduled = False
@@ -87,7 +85,7 @@ class LinkBatcher:
             self._send(link, batch, deadline, retried=False)
 
     def _send(
-        self, link: RedisLink, batch: list[_Pending], deadline: float, *, retried: bool
+        self, link: RedisLink, batch: list[Pending], deadline: float, *, retried: bool
     ) -> None:
         try:
             calls = script_calls(batch, per_slot=False)
@@ -114,7 +112,7 @@ class LinkBatcher:
     def _replied(
         self,
         link: RedisLink,
-        batch: list[_Pending],
+        batch: list[Pending],
         calls: list[ScriptCall],
         replies: list[Any],
         deadline: float,
@@ -125,6 +123,12 @@ class LinkBatcher:
             # the same connection, within the same deadline.
             self._reload_scripts(link, batch, calls, replies, missing, deadline)
             return
+        self._deliver(link, batch, calls, replies)
+
+    def _deliver(
+        self, link: RedisLink, batch: list[Pending], calls: list[ScriptCall], replies: list[Any]
+    ) -> None:
+        """Every reply of the batch read: hand them out, then send what arrived meanwhile."""
         self.breaker.succeeded()
         deliver_replies(batch, calls, replies)
         if any(isinstance(r, ReadOnlyError) for r in replies):
@@ -134,7 +138,7 @@ class LinkBatcher:
     def _reload_scripts(
         self,
         link: RedisLink,
-        batch: list[_Pending],
+        batch: list[Pending],
         calls: list[ScriptCall],
         replies: list[Any],
         missing: list[int],
@@ -152,16 +156,14 @@ class LinkBatcher:
                 return
             for i, reply in zip(missing, result[len(scripts) :], strict=True):
                 replies[i] = reply
-            self.breaker.succeeded()
-            deliver_replies(batch, calls, replies)
-            self._finished()
+            self._deliver(link, batch, calls, replies)
 
         link.send(b"".join([hiredis.pack_command(c) for c in commands]), len(commands), reloaded)
 
     def _lost(
         self,
         link: RedisLink,
-        batch: list[_Pending],
+        batch: list[Pending],
         deadline: float,
         lost: LinkLost,
         *,
@@ -174,12 +176,12 @@ class LinkBatcher:
             return
         self._failed(batch, str(lost))
 
-    def _timed_out(self, link: RedisLink, batch: list[_Pending]) -> None:
+    def _timed_out(self, link: RedisLink, batch: list[Pending]) -> None:
         link.forget()  # its replies may still come: this connection can never be trusted again
         self._drop(link)
         self._failed(batch, "timed out")
 
-    def _failed(self, batch: list[_Pending], why: str) -> None:
+    def _failed(self, batch: list[Pending], why: str) -> None:
         # One failed round trip is one failure, however many decisions rode on it.
         self.breaker.failed(why)
         fail_all(batch, StoreUnavailable(why))
@@ -192,7 +194,7 @@ class LinkBatcher:
             self._send_next()
 
     async def _open_then_send(
-        self, batch: list[_Pending], deadline: float, *, retried: bool
+        self, batch: list[Pending], deadline: float, *, retried: bool
     ) -> None:
         try:
             async with asyncio.timeout_at(deadline):

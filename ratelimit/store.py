@@ -235,23 +235,15 @@ class Store:
         info: dict[str, Any] = await self.call(lambda: self._client.info("server"))
         return info
 
-    def run_batched(
-        self, script: Script, shared: list[Any], keys: list[str], args: list[Any]
-    ) -> asyncio.Future[Any]:
-        """One call of a batch script (``shared`` arguments first, then each call's own), run
-        with the calls made together in one script call and one round trip
-        (:mod:`ratelimit.batch`, :mod:`ratelimit.link_batches`); await the future for this call's
-        reply. Raises
-        :class:`StoreUnavailable` at once while the circuit breaker is open."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.batcher.submit(script, shared, keys, args, future)
-        return future
-
     def submit_batched(
         self, script: Script, shared: list[Any], keys: list[str], args: list[Any], slot: ReplySlot
     ) -> None:
-        """Like :meth:`run_batched`, the reply (or StoreUnavailable) going to ``slot`` as soon as
-        it is read: the policy server's decisions, which answer from there."""
+        """One call of a batch script (``shared`` arguments first, then each call's own), run
+        with the calls made together in one script call and one round trip
+        (:mod:`ratelimit.batch`, :mod:`ratelimit.link_batches`). Its reply (or
+        StoreUnavailable) goes to ``slot`` as soon as it is read: the policy server's decisions
+        answer from there; an ``asyncio.Future`` is a slot too. Raises
+        :class:`StoreUnavailable` at once while the circuit breaker is open."""
         self.batcher.submit(script, shared, keys, args, slot)
 
     async def aclose(self) -> None:
