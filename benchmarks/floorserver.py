@@ -29,6 +29,7 @@ from benchmarks.nullserver import serve_answers
 from benchmarks.openloop import tcp_address
 from policyd.protocol import PolicyRequest
 from policyd.server import Later
+from ratelimit.keys import KeyLayout
 from smtp_whitelist.loop import run_event_loop
 
 PING = b"*1\r\n$4\r\nPING\r\n"
@@ -39,24 +40,32 @@ EMPTY_SHA = hashlib.sha1(EMPTY_SCRIPT.encode(), usedforsecurity=False).hexdigest
 # The limits as the daemon's batches share them: 1000000/1h for messages and for recipients,
 # OFFENDER_THRESHOLD 50.
 SHARED = (1, 1000000, 3600 * 10**6, 1, 1000000, 3600 * 10**6, 50)
+FLOOR_KEYS = KeyLayout("floor:")
 
 
 def pack(command: tuple[Any, ...]) -> bytes:
     return bytes(hiredis.pack_command(command))
 
 
-def script_call(addresses: list[str]) -> bytes:
-    """One EVALSHA of the empty script for these client addresses, shaped as the daemon's."""
+def data_decisions(layout: KeyLayout, addresses: list[str]) -> tuple[list[str], list[str | int]]:
+    """decide.lua's keys and arguments for one one-recipient DATA decision per (IPv4) address,
+    as the daemon's Limiter gives them: each client's log, grant and offender keys."""
     keys: list[str] = []
     args: list[str | int] = []
     for ip in addresses:
         network = f"{ip}/32"
         keys += [
-            f"floor:c:{{{network}}}",
-            f"floor:wl:{{{network}}}:{ip}",
-            f"floor:o:{{{network}}}:{ip}",
+            layout.client_log(network),
+            layout.grant(ip, network),
+            layout.offender(ip, network),
         ]
         args += ["count", 1]
+    return keys, args
+
+
+def script_call(addresses: list[str]) -> bytes:
+    """One EVALSHA of the empty script for these client addresses, shaped as the daemon's."""
+    keys, args = data_decisions(FLOOR_KEYS, addresses)
     return pack(("EVALSHA", EMPTY_SHA, len(keys), *keys, *SHARED, *args))
 
 

@@ -26,12 +26,14 @@ from pathlib import Path
 
 import redis
 
-from benchmarks.floorserver import EMPTY_SCRIPT, SHARED
+from benchmarks.floorserver import EMPTY_SCRIPT, SHARED, data_decisions
 from benchmarks.run import HOST, free_port, wait_for_port
+from ratelimit.keys import KeyLayout
 
 SHIPPED = Path(__file__).resolve().parent.parent / "ratelimit" / "lua" / "decide.lua"
 BATCHES, BATCH = 3000, 10
 RUNS = 9
+KEYS = KeyLayout("b:")
 
 
 def decisions_cost(client: redis.Redis, sha: str, clients: int, warm: int = 0) -> float:
@@ -51,13 +53,8 @@ def decide(client: redis.Redis, sha: str, clients: int, seed: int) -> None:
     rnd = random.Random(seed)
     pipe = client.pipeline(transaction=False)
     for n in range(BATCHES):
-        keys: list[str] = []
-        args: list[str | int] = []
-        for _ in range(BATCH):
-            ip = rnd.randrange(clients)
-            network = f"10.0.{ip // 256}.{ip % 256}/32"
-            keys += [f"b:c:{{{network}}}", f"b:wl:{{{network}}}:{ip}", f"b:o:{{{network}}}:{ip}"]
-            args += ["count", 1]
+        drawn = (rnd.randrange(clients) for _ in range(BATCH))
+        keys, args = data_decisions(KEYS, [f"10.0.{i // 256}.{i % 256}" for i in drawn])
         pipe.evalsha(sha, len(keys), *keys, *SHARED, *args)
         if n % 100 == 99:
             pipe.execute()
