@@ -193,9 +193,12 @@ def tcp_address(text: str) -> tuple[str, int]:
     """host:port or [v6addr]:port (POLICY_LISTEN's syntax), for argparse: a bad one is a usage
     error, not a traceback."""
     try:
-        [address] = parse_listen(text)
+        addresses = parse_listen(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    if len(addresses) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: one host:port is needed here")
+    [address] = addresses
     if address.host is None or address.port is None:
         raise argparse.ArgumentTypeError(f"{text!r}: a TCP address is needed here")
     return address.host, address.port
