@@ -20,6 +20,7 @@ from ratelimit.verdicts import (
     FutureVerdict,
     Limited,
     Mode,
+    NetworkVerdicts,
     Outcome,
     Passed,
     ScriptReply,
@@ -122,8 +123,9 @@ class Limiter:
         self.store = store
         self.config = config  # replaced whole on SIGHUP; a decision reads it once
         self._args = config.script_args()
-        # address -> (network, keys of the script or None when exempt); depends on config only.
-        self._clients: dict[IPAddress, tuple[str, list[str] | None]] = {}
+        # address -> (its network's verdicts, the script's keys or None when exempt); depends on
+        # the config only.
+        self._clients: dict[IPAddress, tuple[NetworkVerdicts, list[str] | None]] = {}
 
     def reconfigure(self, config: LimitConfig) -> None:
         """Apply new limits from the next decision on (SIGHUP)."""
@@ -152,12 +154,12 @@ class Limiter:
         """The decision without a coroutine: the verdict now when Redis need not be asked
         (exempt, no limits); else None, and the verdict goes to ``waiter`` as soon as Redis'
         reply is read. Raises StoreUnavailable at once while the circuit breaker is open."""
-        network, keys = self._client(address)
+        passed, keys = self._client(address)
         if keys is None:
-            return Passed(Outcome.EXEMPT, network)
+            return Passed(Outcome.EXEMPT, passed.network)
         config = self.config
         if not config.message_limits and not config.recipient_limits:
-            return Passed(Outcome.ACCEPTED, network)
+            return passed.accepted
         recipients = min(max(recipients, 0), MAX_RECIPIENTS)
         self.store.submit_batched(
             _DECIDE,
@@ -165,24 +167,25 @@ class Limiter:
             keys,
             # _value_, not .value: the enum's property costs a µs per read on the hot path.
             [mode._value_, recipients],
-            ScriptReply(config, network, waiter),
+            ScriptReply(config, passed, waiter),
         )
         return None
 
-    def _client(self, address: IPAddress) -> tuple[str, list[str] | None]:
-        """The network ``address`` is counted under and the script's keys (None: exempt)."""
+    def _client(self, address: IPAddress) -> tuple[NetworkVerdicts, list[str] | None]:
+        """The verdicts of the network ``address`` is counted under and the script's keys
+        (None: exempt)."""
         clients = self._clients
         found = clients.get(address)
         if found is None:
             config = self.config
             network = str(client_network(address, config.ipv4_prefix, config.ipv6_prefix))
             if in_networks(address, config.exempt_networks):
-                found = (network, None)
+                found = (NetworkVerdicts(network), None)
             else:
                 keys = self.store.keys
                 ip = str(address)
                 found = (
-                    network,
+                    NetworkVerdicts(network),
                     [
                         keys.client_log(network),
                         keys.grant(ip, network),
