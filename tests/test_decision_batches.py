@@ -6,7 +6,9 @@ Against a real redis-server; Redis' own command statistics count the script call
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 from collections.abc import AsyncIterator
 from ipaddress import ip_address as parse_ip
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 from ratelimit.connections import build_client
 from ratelimit.limiter import Decided, LimitConfig, Limited, Limiter, Mode, Outcome, Passed
 from ratelimit.store import KeyLayout, Script, Store, StoreError, StoreUnavailable
-from ratelimit.verdicts import ScriptReply
+from ratelimit.verdicts import NetworkVerdicts, ScriptReply, verdict_of
 from tests.support import RedisServer, require_tool
 from tests.support.settings import make_settings
 
@@ -373,7 +375,58 @@ def test_a_reply_decide_lua_does_not_give_fails_that_decision_answered(reply: An
     )
     waiter = Waiter()
     waiter.expected = 1
-    ScriptReply(config, "192.0.2.90/32", waiter).set_result(reply)
+    ScriptReply(config, NetworkVerdicts("192.0.2.90/32"), waiter).set_result(reply)
     [outcome] = waiter.verdicts
     assert isinstance(outcome, StoreError)
     assert "unreadable reply from decide.lua" in str(outcome)
+
+
+def test_a_networks_passing_verdicts_are_made_once_and_refusals_name_it() -> None:
+    """Pure: the accepted and whitelisted verdicts of a network are made once and shared by its
+    decisions (no object per decision on the hot path); a refusal is made from the reply's
+    numbers and names the same network."""
+    config = LimitConfig.from_settings(
+        make_settings("redis://127.0.0.1:1/0", message_limits="5/1m", recipient_limits="9/1h")
+    )
+    passed = NetworkVerdicts("192.0.2.0/24")
+    accepted = verdict_of(config, passed, [Decided.ACCEPTED, 0, 0, 0])
+    assert accepted == Passed(Outcome.ACCEPTED, "192.0.2.0/24")
+    assert verdict_of(config, passed, [Decided.ACCEPTED, 0, 0, 0]) is accepted
+    whitelisted = verdict_of(config, passed, [Decided.WHITELISTED, 0, 0, 0])
+    assert whitelisted == Passed(Outcome.WHITELISTED, "192.0.2.0/24")
+    refused = verdict_of(config, passed, [Decided.RECIPIENT_LIMIT, 1, 8, 0])
+    assert isinstance(refused, Limited)
+    assert (refused.network, refused.limit.count, refused.used) == ("192.0.2.0/24", 9, 8)
+
+
+async def test_a_batch_times_out_at_its_own_deadline_after_earlier_batches(
+    redis_server: RedisServer,
+) -> None:
+    """STORE_TIMEOUT counts from a batch's own oldest decision, though one timer serves every
+    batch: a batch sent after earlier ones, into a Redis that then hangs, fails neither at an
+    earlier batch's deadline nor never."""
+    timeout = 0.6
+    store = Store.from_settings(make_settings(redis_server.url, store_timeout=timeout))
+    limiter = limiter_for(store, redis_server, message_limits="100/1m")
+    loop = asyncio.get_running_loop()
+    assert redis_server.process is not None
+    try:
+        for n in range(3):  # earlier batches, answered: the timer was armed by the first
+            verdict = await limiter.count_message(parse_ip(f"192.0.2.{n}"), 1)
+            assert verdict.outcome is Outcome.ACCEPTED
+        await asyncio.sleep(timeout / 2)
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            sent = loop.time()
+            with pytest.raises(StoreUnavailable, match="timed out"):
+                await asyncio.wait_for(limiter.count_message(parse_ip("192.0.2.9"), 1), 5)
+            waited = loop.time() - sent
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        # Not at the first batch's deadline (half a timeout after this one was sent)...
+        assert waited >= timeout * 0.9
+        # ...and the next batch, on a fresh connection, is answered.
+        verdict = await asyncio.wait_for(limiter.count_message(parse_ip("192.0.2.10"), 1), 5)
+        assert verdict.outcome is Outcome.ACCEPTED
+    finally:
+        await store.aclose()
