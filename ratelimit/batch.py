@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from redis.asyncio.cluster import RedisCluster
@@ -42,7 +43,7 @@ class ReplySlot(Protocol):
 
 # One call waiting for its batch: the script, the arguments its batch shares (the limits), its
 # own keys and arguments, and where its reply goes.
-Pending = tuple[Script, list[Any], list[str], list[Any], ReplySlot]
+Pending = tuple[Script, list[Any], Sequence[str], list[Any], ReplySlot]
 
 
 class ScriptCall:
@@ -134,7 +135,12 @@ class Batcher:
         self._slot_reloader: asyncio.Task[None] | None = None
 
     def submit(
-        self, script: Script, shared: list[Any], keys: list[str], args: list[Any], slot: ReplySlot
+        self,
+        script: Script,
+        shared: list[Any],
+        keys: Sequence[str],
+        args: list[Any],
+        slot: ReplySlot,
     ) -> None:
         """One call of a batch script, with the calls made together: those of one event-loop
         turn, and those that arrive while the previous round trip is out. Its reply, or the

@@ -20,7 +20,6 @@ from ratelimit.verdicts import (
     FutureVerdict,
     Limited,
     Mode,
-    NetworkVerdicts,
     Outcome,
     Passed,
     ScriptReply,
@@ -123,9 +122,9 @@ class Limiter:
         self.store = store
         self.config = config  # replaced whole on SIGHUP; a decision reads it once
         self._args = config.script_args()
-        # address -> (its network's verdicts, the script's keys or None when exempt); depends on
-        # the config only.
-        self._clients: dict[IPAddress, tuple[NetworkVerdicts, list[str] | None]] = {}
+        # address -> (its network's accepted or exempt verdict, the script's keys or None when
+        # exempt); depends on the config only.
+        self._clients: dict[IPAddress, tuple[Passed, tuple[str, str, str] | None]] = {}
 
     def reconfigure(self, config: LimitConfig) -> None:
         """Apply new limits from the next decision on (SIGHUP)."""
@@ -156,10 +155,10 @@ class Limiter:
         reply is read. Raises StoreUnavailable at once while the circuit breaker is open."""
         passed, keys = self._client(address)
         if keys is None:
-            return Passed(Outcome.EXEMPT, passed.network)
+            return passed  # exempt
         config = self.config
         if not config.message_limits and not config.recipient_limits:
-            return passed.accepted
+            return passed
         recipients = min(max(recipients, 0), MAX_RECIPIENTS)
         self.store.submit_batched(
             _DECIDE,
@@ -171,26 +170,23 @@ class Limiter:
         )
         return None
 
-    def _client(self, address: IPAddress) -> tuple[NetworkVerdicts, list[str] | None]:
-        """The verdicts of the network ``address`` is counted under and the script's keys
-        (None: exempt)."""
+    def _client(self, address: IPAddress) -> tuple[Passed, tuple[str, str, str] | None]:
+        """The script's keys for ``address`` and its network's accepted verdict; or no keys and
+        its exempt verdict. Made once per client: the verdict is immutable, so its decisions
+        share it (tuples, not lists: a relay sees thousands of clients, each remembered)."""
         clients = self._clients
         found = clients.get(address)
         if found is None:
             config = self.config
             network = str(client_network(address, config.ipv4_prefix, config.ipv6_prefix))
             if in_networks(address, config.exempt_networks):
-                found = (NetworkVerdicts(network), None)
+                found = (Passed(Outcome.EXEMPT, network), None)
             else:
                 keys = self.store.keys
                 ip = str(address)
                 found = (
-                    NetworkVerdicts(network),
-                    [
-                        keys.client_log(network),
-                        keys.grant(ip, network),
-                        keys.offender(ip, network),
-                    ],
+                    Passed(Outcome.ACCEPTED, network),
+                    (keys.client_log(network), keys.grant(ip, network), keys.offender(ip, network)),
                 )
             if len(clients) >= MAX_REMEMBERED_CLIENTS:
                 clients.clear()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
@@ -57,7 +58,12 @@ class LinkBatcher:
         self._watchdog_at = 0.0
 
     def submit(
-        self, script: Script, shared: list[Any], keys: list[str], args: list[Any], slot: ReplySlot
+        self,
+        script: Script,
+        shared: list[Any],
+        keys: Sequence[str],
+        args: list[Any],
+        slot: ReplySlot,
     ) -> None:
         """As :meth:`ratelimit.batch.Batcher.submit`: the calls of one event-loop turn, and those
         that arrive while a batch is out, go together."""

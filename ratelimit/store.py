@@ -11,7 +11,7 @@ Beside it, by role: the key layout (keys.py), the scripts (scripts.py), the circ
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -236,7 +236,12 @@ class Store:
         return info
 
     def submit_batched(
-        self, script: Script, shared: list[Any], keys: list[str], args: list[Any], slot: ReplySlot
+        self,
+        script: Script,
+        shared: list[Any],
+        keys: Sequence[str],
+        args: list[Any],
+        slot: ReplySlot,
     ) -> None:
         """One call of a batch script (``shared`` arguments first, then each call's own), run
         with the calls made together in one script call and one round trip

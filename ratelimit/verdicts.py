@@ -90,27 +90,16 @@ class VerdictWaiter(Protocol):
     def cancelled(self) -> bool: ...  # went away: the decision need not be made
 
 
-class NetworkVerdicts:
-    """The verdicts of one client network that no reply's numbers change, made once per client
-    (the limiter remembers them) rather than once per decision: Passed is immutable, so every
-    decision for the network shares them."""
-
-    __slots__ = ("accepted", "network", "whitelisted")
-
-    def __init__(self, network: str) -> None:
-        self.network = network
-        self.accepted = Passed(Outcome.ACCEPTED, network)
-        self.whitelisted = Passed(Outcome.WHITELISTED, network)
-
-
-def verdict_of(config: LimitConfig, passed: NetworkVerdicts, reply: list[int]) -> Verdict:
-    """decide.lua's reply for one decision, as the verdict."""
+def verdict_of(config: LimitConfig, accepted: Passed, reply: list[int]) -> Verdict:
+    """decide.lua's reply for one decision, as the verdict. ``accepted``: the client network's
+    accepted verdict, made once per client by the limiter and shared by its decisions (Passed
+    is immutable), so the common reply makes no object."""
     code = reply[0]
     if code == Decided.ACCEPTED:
-        return passed.accepted
+        return accepted
+    network = accepted.network
     if code == Decided.WHITELISTED:
-        return passed.whitelisted
-    network = passed.network
+        return Passed(Outcome.WHITELISTED, network)
     _, index, used, compromised = reply
     if code == Decided.MESSAGE_LIMIT:
         limit, counted = config.message_limits[index - 1], Counted.MESSAGES
@@ -123,11 +112,11 @@ class ScriptReply:
     """The batcher's reply slot for one decision: turns the script's reply into the verdict, for
     the limits the decision was made with (a SIGHUP may come before the reply)."""
 
-    __slots__ = ("config", "passed", "waiter")
+    __slots__ = ("accepted", "config", "waiter")
 
-    def __init__(self, config: LimitConfig, passed: NetworkVerdicts, waiter: VerdictWaiter) -> None:
+    def __init__(self, config: LimitConfig, accepted: Passed, waiter: VerdictWaiter) -> None:
         self.config = config
-        self.passed = passed
+        self.accepted = accepted
         self.waiter = waiter
 
     def cancelled(self) -> bool:
@@ -135,7 +124,7 @@ class ScriptReply:
 
     def set_result(self, result: Any, /) -> None:
         try:
-            verdict = verdict_of(self.config, self.passed, result)
+            verdict = verdict_of(self.config, self.accepted, result)
         except (TypeError, ValueError, IndexError) as error:
             # Not a reply decide.lua gives (another script under its name, a proxy's garbage):
             # this decision fails as a store error, answered, rather than never.

@@ -18,7 +18,7 @@ import pytest
 from ratelimit.connections import build_client
 from ratelimit.limiter import Decided, LimitConfig, Limited, Limiter, Mode, Outcome, Passed
 from ratelimit.store import KeyLayout, Script, Store, StoreError, StoreUnavailable
-from ratelimit.verdicts import NetworkVerdicts, ScriptReply, verdict_of
+from ratelimit.verdicts import ScriptReply, verdict_of
 from tests.support import RedisServer, require_tool
 from tests.support.settings import make_settings
 
@@ -375,26 +375,25 @@ def test_a_reply_decide_lua_does_not_give_fails_that_decision_answered(reply: An
     )
     waiter = Waiter()
     waiter.expected = 1
-    ScriptReply(config, NetworkVerdicts("192.0.2.90/32"), waiter).set_result(reply)
+    accepted = Passed(Outcome.ACCEPTED, "192.0.2.90/32")
+    ScriptReply(config, accepted, waiter).set_result(reply)
     [outcome] = waiter.verdicts
     assert isinstance(outcome, StoreError)
     assert "unreadable reply from decide.lua" in str(outcome)
 
 
-def test_a_networks_passing_verdicts_are_made_once_and_refusals_name_it() -> None:
-    """Pure: the accepted and whitelisted verdicts of a network are made once and shared by its
-    decisions (no object per decision on the hot path); a refusal is made from the reply's
-    numbers and names the same network."""
+def test_a_networks_accepted_verdict_is_shared_and_the_others_name_its_network() -> None:
+    """Pure: the accepted verdict the limiter made for a client network is the verdict of its
+    every accepted decision (no object per decision on the hot path); a whitelisted or refused
+    one is made from the reply and names the same network."""
     config = LimitConfig.from_settings(
         make_settings("redis://127.0.0.1:1/0", message_limits="5/1m", recipient_limits="9/1h")
     )
-    passed = NetworkVerdicts("192.0.2.0/24")
-    accepted = verdict_of(config, passed, [Decided.ACCEPTED, 0, 0, 0])
-    assert accepted == Passed(Outcome.ACCEPTED, "192.0.2.0/24")
-    assert verdict_of(config, passed, [Decided.ACCEPTED, 0, 0, 0]) is accepted
-    whitelisted = verdict_of(config, passed, [Decided.WHITELISTED, 0, 0, 0])
+    accepted = Passed(Outcome.ACCEPTED, "192.0.2.0/24")
+    assert verdict_of(config, accepted, [Decided.ACCEPTED, 0, 0, 0]) is accepted
+    whitelisted = verdict_of(config, accepted, [Decided.WHITELISTED, 0, 0, 0])
     assert whitelisted == Passed(Outcome.WHITELISTED, "192.0.2.0/24")
-    refused = verdict_of(config, passed, [Decided.RECIPIENT_LIMIT, 1, 8, 0])
+    refused = verdict_of(config, accepted, [Decided.RECIPIENT_LIMIT, 1, 8, 0])
     assert isinstance(refused, Limited)
     assert (refused.network, refused.limit.count, refused.used) == ("192.0.2.0/24", 9, 8)
 
