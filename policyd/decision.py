@@ -155,7 +155,8 @@ class PolicyDecider:
                 if warning:
                     log.warning("%s", warning, extra=fields(stage=state))
                     self._send_report(warning)
-        log_summaries(self.refusals)
+        if self.refusals.tracking:
+            log_summaries(self.refusals)
         return action
 
     def flush(self) -> None:

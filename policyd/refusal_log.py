@@ -58,6 +58,12 @@ class RefusalLog:
         self._periods[key] = _Period(now, window)
         return True
 
+    @property
+    def tracking(self) -> bool:
+        """Any refusal still in its window, or a summary waiting: else nothing can be due, and
+        a decision need not read the clock to ask (most decisions of a relay refuse nobody)."""
+        return bool(self._periods or self._pending)
+
     def due(self, now: float, *, everything: bool = False) -> list[Summary]:
         """Summaries of periods that ended (all of them with ``everything``, e.g. at stop)."""
         found, self._pending = self._pending, []

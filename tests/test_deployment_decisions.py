@@ -155,6 +155,20 @@ def test_refusal_log_keeps_the_count_of_a_period_replaced_before_a_sweep() -> No
     assert refusals.due(63.0, everything=True) == []
 
 
+def test_refusal_log_says_when_nothing_can_be_due() -> None:
+    """The decider asks for summaries only while the log tracks something: from the first
+    refusal until the sweep that ends its period (and any summary waiting) is done."""
+    refusals = RefusalLog()
+    assert not refusals.tracking
+    refusals.refused("a", "1/1m messages", 60, 0.0)
+    assert refusals.tracking
+    refusals.refused("a", "1/1m messages", 60, 1.0)
+    assert refusals.due(30.0) == []
+    assert refusals.tracking  # the period is not over
+    assert refusals.due(61.0) == [Summary("a", "1/1m messages", 0.0, 1)]
+    assert not refusals.tracking
+
+
 async def test_pending_summaries_are_logged_at_stop(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
