@@ -105,3 +105,18 @@ def test_rates_and_addresses_are_checked_as_the_command_line_is_read() -> None:
 def test_a_tree_without_the_packages_is_refused(tmp_path: Path) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="no smtp_whitelist/ package"):
         source_tree(str(tmp_path))
+
+
+def test_the_decision_python_benchmark_answers_every_decision(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """benchmarks/decision_python.py runs the daemon's own decision path without Redis: every
+    decision it measures is answered DUNNO through the batch's reply (it raises otherwise),
+    and it reports both paths and the difference."""
+    from benchmarks.decision_python import main
+
+    assert main(["--decisions", "300", "--rounds", "1", "--batch", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "daemon's decision: min" in out
+    assert "script floor's path: min" in out
+    assert "the decision's own Python:" in out
