@@ -11,8 +11,12 @@ asyncio protocol with hiredis' reader: no redis-py, nothing decided.
   ``{0, 0, 0, 0}``, with the daemon's own arguments (three keys and two arguments per decision
   after the seven the batch shares): what calling a Lua script with a batch costs, before the
   script does any work. No atomic decision in Redis (a script) can cost less.
+- ``--decide``: the same call of the daemon's own ``ratelimit/lua/decide.lua``, its replies
+  read and not looked at: every decision's Redis work as the daemon's, with none of its
+  Python. What is left between this and the daemon is the decision's Python, and what it costs
+  the daemon to wait for that Redis work is measured apart from it.
 
-    python -m benchmarks.floorserver 127.0.0.1:10042 --redis 127.0.0.1:6379 [--script]
+    python -m benchmarks.floorserver 127.0.0.1:10042 --redis 127.0.0.1:6379 [--script|--decide]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import asyncio
 import hashlib
 import sys
+from pathlib import Path
 from typing import Any
 
 import hiredis
@@ -36,7 +41,14 @@ PING = b"*1\r\n$4\r\nPING\r\n"
 
 
 EMPTY_SCRIPT = "local r = {} for i = 1, #KEYS / 3 do r[i] = {0, 0, 0, 0} end return r"
-EMPTY_SHA = hashlib.sha1(EMPTY_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+DECIDE_SCRIPT = (Path(__file__).resolve().parent.parent / "ratelimit/lua/decide.lua").read_text()
+
+
+def sha1(source: str) -> str:
+    return hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+EMPTY_SHA = sha1(EMPTY_SCRIPT)
 # The limits as the daemon's batches share them: 1000000/1h for messages and for recipients,
 # OFFENDER_THRESHOLD 50.
 SHARED = (1, 1000000, 3600 * 10**6, 1, 1000000, 3600 * 10**6, 50)
@@ -63,17 +75,19 @@ def data_decisions(layout: KeyLayout, addresses: list[str]) -> tuple[list[str], 
     return keys, args
 
 
-def script_call(addresses: list[str]) -> bytes:
-    """One EVALSHA of the empty script for these client addresses, shaped as the daemon's."""
+def script_call(addresses: list[str], sha: str = EMPTY_SHA) -> bytes:
+    """One EVALSHA of the empty script (or another) for these client addresses, shaped as the
+    daemon's."""
     keys, args = data_decisions(FLOOR_KEYS, addresses)
-    return pack(("EVALSHA", EMPTY_SHA, len(keys), *keys, *SHARED, *args))
+    return pack(("EVALSHA", sha, len(keys), *keys, *SHARED, *args))
 
 
 class RedisRoundTrips(asyncio.Protocol):
     """One command per batch of waiting answers; the batch is answered when its reply is read."""
 
-    def __init__(self, script: bool = False) -> None:
+    def __init__(self, script: bool = False, sha: str = EMPTY_SHA) -> None:
         self.script = script
+        self.sha = sha
         self.addresses: list[str] = []  # of the next batch (script floor only)
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
@@ -100,7 +114,7 @@ class RedisRoundTrips(asyncio.Protocol):
         self.in_flight, self.waiting = self.waiting, []
         if self.script:
             addresses, self.addresses = self.addresses, []
-            self.transport.write(script_call(addresses))
+            self.transport.write(script_call(addresses, self.sha))
         else:
             self.transport.write(PING)
 
@@ -114,12 +128,16 @@ class RedisRoundTrips(asyncio.Protocol):
             self._send()
 
 
-async def serve(listen: str, redis_host: str, redis_port: int, script: bool) -> int:
+async def serve(listen: str, redis_host: str, redis_port: int, source: str | None) -> int:
+    """``source``: the script called per batch (None: PING)."""
     loop = asyncio.get_running_loop()
-    _, redis = await loop.create_connection(lambda: RedisRoundTrips(script), redis_host, redis_port)
-    if script:
+    sha = sha1(source) if source is not None else EMPTY_SHA
+    _, redis = await loop.create_connection(
+        lambda: RedisRoundTrips(source is not None, sha), redis_host, redis_port
+    )
+    if source is not None:
         _, loader = await asyncio.open_connection(redis_host, redis_port)
-        loader.write(pack(("SCRIPT", "LOAD", EMPTY_SCRIPT)))
+        loader.write(pack(("SCRIPT", "LOAD", source)))
         await loader.drain()
         loader.close()
         await asyncio.sleep(0.2)
@@ -136,10 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--redis", required=True, type=tcp_address, help="host:port of the Redis to ask"
     )
-    parser.add_argument("--script", action="store_true", help="an empty EVALSHA, not PING")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--script", action="store_true", help="an empty EVALSHA, not PING")
+    which.add_argument("--decide", action="store_true", help="decide.lua's EVALSHA, not PING")
     args = parser.parse_args(argv)
     host, port = args.redis
-    return run_event_loop(serve(args.listen, host, port, args.script))
+    source = EMPTY_SCRIPT if args.script else DECIDE_SCRIPT if args.decide else None
+    return run_event_loop(serve(args.listen, host, port, source))
 
 
 if __name__ == "__main__":

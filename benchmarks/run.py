@@ -34,7 +34,7 @@ import redis
 
 from benchmarks.loadgen import LoadResult, client_ips, run_load, run_load_processes
 from benchmarks.openloop import run_open_loop
-from benchmarks.targets import HEADER, OpenRound, OpenRounds, closed_rows, open_rows
+from benchmarks.targets import FLOORS, HEADER, OpenRound, OpenRounds, closed_rows, open_rows
 from ratelimit.limiter import LimitConfig, Limiter
 from ratelimit.limits import Limit
 from ratelimit.store import KeyLayout, Store
@@ -115,9 +115,10 @@ class Processes:
     def null_server(self, port: int) -> int:
         return self.start([sys.executable, "-m", "benchmarks.nullserver", f"{HOST}:{port}"], port)
 
-    def floor_server(self, port: int, redis_port: int, *, script: bool = False) -> int:
+    def floor_server(self, port: int, redis_port: int, *, call: str = "") -> int:
+        """``call``: "" (PING per batch), "--script" (the empty script) or "--decide"."""
         command = [sys.executable, "-m", "benchmarks.floorserver", f"{HOST}:{port}"]
-        command += ["--redis", f"{HOST}:{redis_port}"] + (["--script"] if script else [])
+        command += ["--redis", f"{HOST}:{redis_port}"] + ([call] if call else [])
         return self.start(command, port)
 
     def policyd(self, port: int, redis_port: int, **settings: str) -> int:
@@ -489,15 +490,10 @@ def main(argv: list[str] | None = None) -> int:
             redis_pid = procs.redis(redis_port)
             null_pid = procs.null_server(null_port)
             ours_pid = procs.policyd(ours_port, redis_port, **served())
-            floor_port, script_floor_port = free_port(), free_port()
-            floor_pid = procs.floor_server(floor_port, redis_port)
-            script_floor_pid = procs.floor_server(script_floor_port, redis_port, script=True)
-            servers = [
-                ("null", null_port, null_pid),
-                ("ours", ours_port, ours_pid),
-                ("floor", floor_port, floor_pid),
-                ("script floor", script_floor_port, script_floor_pid),
-            ]
+            servers = [("null", null_port, null_pid), ("ours", ours_port, ours_pid)]
+            for name, call in zip(FLOORS, ("", "--script", "--decide"), strict=True):
+                port = free_port()
+                servers.append((name, port, procs.floor_server(port, redis_port, call=call)))
             client = redis.Redis(host=HOST, port=redis_port)
             for line in machine():
                 say(f"# {line}")

@@ -29,14 +29,18 @@ def test_closed_loop_rows_are_medians_of_each_rounds_ratio_with_the_floors_besid
     null = [Closed(0.020, 0.0, 40_000), Closed(0.030, 0.0, 30_000), Closed(0.020, 0.0, 50_000)]
     ours = [Closed(0.028, 0.010, 22_000), Closed(0.060, 0.030, 9_000), Closed(0.030, 0.012, 24_000)]
     floor = [Closed(0.022, 0.004, 36_000)] * 3
-    rows = closed_rows({"null": null, "ours": ours, "floor": floor, "script floor": floor})
+    decide = [Closed(0.025, 0.010, 30_000)] * 3
+    rows = closed_rows(
+        {"null": null, "ours": ours, "floor": floor, "script floor": floor, "decide floor": decide}
+    )
     throughput, daemon, redis_cpu, both = (cells(r) for r in rows)
     # Ratios per round: 0.55, 0.30, 0.48 -> median 0.48, below 0.5: not met.
     assert throughput[:3] == ["throughput, closed loop", "0.31-0.35x", "0.48x (0.30-0.55x)"]
     assert throughput[-2:] == [">= 0.5x", "NO"]
     # 1.4, 2.0, 1.5 -> 1.5: met (at most 1.5); the floor's 1.1, 0.73, 1.1 -> 1.10x.
     assert daemon[2] == "1.50x (1.40-2.00x)"
-    assert daemon[3:] == ["1.10x", "1.10x", "<= 1.5x", "yes"]
+    # The decide floor: 1.25, 0.83, 1.25 -> 1.25x.
+    assert daemon[3:] == ["1.10x", "1.10x", "1.25x", "<= 1.5x", "yes"]
     # Redis' CPU against the null server's own CPU: 0.5, 1.0, 0.6 -> 0.60x, met.
     assert (redis_cpu[2], redis_cpu[-1]) == ("0.60x (0.50-1.00x)", "yes")
     assert (both[2], both[-1]) == ("2.10x (1.90-3.00x)", "yes")
@@ -54,6 +58,7 @@ def test_open_loop_rows_per_rate_and_the_longest_answer_over_every_rate() -> Non
                 "ours": server(1.5, 5.0, 6.0, 100.0, 50.0),
                 "floor": null,
                 "script floor": null,
+                "decide floor": null,
             }
         ],
         3000.0: [
@@ -62,6 +67,7 @@ def test_open_loop_rows_per_rate_and_the_longest_answer_over_every_rate() -> Non
                 "ours": server(3.0, 4.0, 12.0, 90.0, 40.0),
                 "floor": null,
                 "script floor": null,
+                "decide floor": null,
             }
         ],
     }
@@ -69,6 +75,7 @@ def test_open_loop_rows_per_rate_and_the_longest_answer_over_every_rate() -> Non
     by_measure = {row[0]: row for row in rows}
     assert by_measure["p99 at 1,000/s"][2:] == [
         "1.50x (1.50-1.50x)",
+        "1.00x",
         "1.00x",
         "1.00x",
         "<= 2x",
