@@ -4,8 +4,10 @@ Starts its own redis-server (free port, no persistence), the null server
 (:mod:`benchmarks.nullserver`) and the real daemon as subprocesses, and drives both with
 :mod:`benchmarks.loadgen`: 20 connections, 10,000 client IPs, DATA requests, limits so high that
 nobody is limited. Rounds alternate null/ours so that a slow spell of the machine hits both; the
-median round of each is reported with its ratio to the null server. Then Redis memory per tracked
-client, the daemon's memory with 1,000 idle connections, and two daemons on one Redis.
+median round of each is reported with its ratio to the null server, and issue 13's table with
+three floor servers (:mod:`benchmarks.floorserver`) measured in the same rounds and the open
+loop (:mod:`benchmarks.openloop`). Then Redis memory per tracked client, the daemon's memory
+with 1,000 idle connections, and two daemons on one Redis.
 
 Every figure comes from /proc (CPU: utime+stime of the process; memory: VmRSS) or Redis
 ``INFO memory``; all traffic is on loopback, every load bounded in requests and seconds.
