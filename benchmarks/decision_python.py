@@ -2,15 +2,15 @@
 
     python -m benchmarks.decision_python [--batch 10] [--decisions 20000] [--rounds 7]
 
-No sockets and no Redis: the same parsed DATA requests (10,000 client IPs, as ``make bench``)
-go through the daemon's own path — :meth:`PolicyDecider.answer`, the limiter, the batch queue,
-grouping and packing the batch as ``EVALSHA``, and delivering an accepted reply to every
-decision until its answer is handed back — in batches of ``--batch``; and through the script
-floor's path (:mod:`benchmarks.floorserver`: queue the answer, build the same keys, pack the
-same command, answer ``DUNNO``). µs of wall time per decision, minimum and median of the
-rounds, on a warm process (the first round is not counted). What is left between the two is
-the decision's own Python: under load the daemon pays it again in caches, which this does not
-show.
+No Redis: the daemon's own objects — :meth:`PolicyDecider.answer`, the limiter, the store's
+batcher on its Redis link — decide the same parsed DATA requests (10,000 client IPs, as
+``make bench``) in batches of ``--batch``, the link writing to a transport that keeps nothing
+and reading, for each batch, the reply Redis would send (every decision accepted). The script
+floor's protocol (:mod:`benchmarks.floorserver`) does the same with the same requests. Both
+take their event-loop turn per batch as they do serving. µs of wall time per decision, minimum
+and median of the rounds, on a warm process (the first round is not counted). What is left
+between the two is the decision's own Python: under load the daemon pays it again in caches,
+which this does not show.
 """
 
 from __future__ import annotations
@@ -20,33 +20,44 @@ import asyncio
 import statistics
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
 
-import hiredis
-
-from benchmarks.floorserver import RedisRoundTrips, script_call
+from benchmarks.floorserver import EMPTY_SHA, RedisRoundTrips
 from benchmarks.loadgen import RequestMaker, client_ips, parse_mix
 from policyd.protocol import PolicyRequest, RequestParser
-from policyd.server import Answer
-from ratelimit.batch import Pending, deliver_replies, script_calls
-from ratelimit.scripts import Script
+from ratelimit.link import RedisLink
+from ratelimit.link_batches import LinkBatcher
 from ratelimit.store import Store
 from smtp_whitelist.settings import Settings
 from smtp_whitelist.wiring import build_policy
 
-ACCEPTED = [0, 0, 0, 0]
+
+class Sink(asyncio.Transport):
+    """A transport to Redis that takes every write and keeps nothing."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def abort(self) -> None:
+        pass
 
 
-class CollectingBatcher:
-    """The batch queue of a Store, without Redis: keeps what is submitted for the caller."""
+def accepted_reply(decisions: int) -> bytes:
+    """What Redis answers one script call of ``decisions`` decisions, each accepted."""
+    return b"*%d\r\n" % decisions + b"*4\r\n:0\r\n:0\r\n:0\r\n:0\r\n" * decisions
 
-    def __init__(self) -> None:
-        self.batch: list[Pending] = []
 
-    def submit(
-        self, script: Script, shared: list[Any], keys: Any, args: list[Any], slot: Any
-    ) -> None:
-        self.batch.append((script, shared, keys, args, slot))
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number is needed here") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
+    return value
 
 
 def requests(count: int) -> list[PolicyRequest]:
@@ -58,43 +69,27 @@ def requests(count: int) -> list[PolicyRequest]:
     return found
 
 
-def daemon_round(
-    answer: Answer, collecting: CollectingBatcher, batch: int, made: list[PolicyRequest]
+async def timed_round(
+    made: list[PolicyRequest],
+    batch: int,
+    ask: Callable[[PolicyRequest, Callable[[str | None], None]], object],
+    reply: Callable[[bytes], None],
 ) -> float:
+    """µs per request: ``ask`` each request of a batch, one loop turn (the batch is sent),
+    then ``reply`` with Redis' answer to it; every request must be answered DUNNO."""
     answered: list[str | None] = []
     later = answered.append
+    replies = {n: accepted_reply(n) for n in {batch, len(made) % batch} if n}
     started = time.perf_counter()
     for i in range(0, len(made), batch):
-        for request in made[i : i + batch]:
-            if answer(request, later) is not None:
-                raise RuntimeError("answered without Redis: the benchmark measures nothing")
-        pending, collecting.batch = collecting.batch, []
-        calls = script_calls(pending, per_slot=False)
-        b"".join([hiredis.pack_command(call.command()) for call in calls])
-        deliver_replies(pending, calls, [[ACCEPTED] * len(pending)])
+        part = made[i : i + batch]
+        for request in part:
+            ask(request, later)
+        await asyncio.sleep(0)
+        reply(replies[len(part)])
     took = time.perf_counter() - started
     if answered != ["DUNNO"] * len(made):
-        raise RuntimeError("not every decision was answered DUNNO")
-    return took / len(made) * 1e6
-
-
-def floor_round(batch: int, made: list[PolicyRequest]) -> float:
-    floor = RedisRoundTrips(script=True)
-    floor.in_flight = []  # a batch is "out": ask() only queues
-    answered: list[str | None] = []
-    later = answered.append
-    started = time.perf_counter()
-    for i in range(0, len(made), batch):
-        for request in made[i : i + batch]:
-            floor.ask(later, request.client_address)
-        addresses, floor.addresses = floor.addresses, []
-        waiting, floor.waiting = floor.waiting, []
-        script_call(addresses)
-        for each in waiting:
-            each("DUNNO")
-    took = time.perf_counter() - started
-    if len(answered) != len(made):
-        raise RuntimeError("not every request was answered")
+        raise RuntimeError(f"{len(answered)} of {len(made)} requests answered DUNNO")
     return took / len(made) * 1e6
 
 
@@ -102,29 +97,38 @@ async def measure(batch: int, decisions: int, rounds: int) -> int:
     settings = Settings(
         message_limits="1000000/1h",
         recipient_limits="1000000/1h",
-        redis_url="redis://127.0.0.1:1/0",  # never connected: nothing reaches Redis
+        redis_url="redis://127.0.0.1:1/0",  # never connected: the link below is Redis
     )
     store = Store.from_settings(settings)
-    kept = store.batcher
-    collecting = CollectingBatcher()
-    store.batcher = collecting  # type: ignore[assignment]
+    batcher = store.batcher
+    if not isinstance(batcher, LinkBatcher):
+        raise TypeError("a single Redis' batcher was expected")
+    link = RedisLink(None)
+    link.connection_made(Sink())
+    batcher._link = link  # the batches' connection, as if opened (nothing reaches a socket)
     answer = build_policy(settings, store).decider.answer  # once: its memos warm, as a daemon's
+
+    floor = RedisRoundTrips(EMPTY_SHA)
+    floor.connection_made(Sink())
+
     made = requests(decisions)
     ours: list[float] = []
-    floor: list[float] = []
+    theirs: list[float] = []
     for n in range(rounds + 1):
-        mine = daemon_round(answer, collecting, batch, made)
-        theirs = floor_round(batch, made)
+        mine = await timed_round(made, batch, answer, link.data_received)
+        other = await timed_round(
+            made, batch, lambda r, later: floor.ask(later, r.client_address), floor.data_received
+        )
         if n:  # the first round warms caches and memos
             ours.append(mine)
-            floor.append(theirs)
-    for name, values in (("daemon's decision", ours), ("script floor's path", floor)):
+            theirs.append(other)
+    for name, values in (("daemon's decision", ours), ("script floor's path", theirs)):
         print(
             f"{name}: min {min(values):.2f} µs, median {statistics.median(values):.2f} µs"
             f" per decision (batches of {batch})"
         )
-    print(f"the decision's own Python: {min(ours) - min(floor):.2f} µs (minima)")
-    store.batcher = kept
+    print(f"the decision's own Python: {min(ours) - min(theirs):.2f} µs (minima)")
+    batcher._link = None
     await store.aclose()
     return 0
 
@@ -133,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.decision_python", description=__doc__
     )
-    parser.add_argument("--batch", type=int, default=10)
-    parser.add_argument("--decisions", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch", type=positive_int, default=10)
+    parser.add_argument("--decisions", type=positive_int, default=20_000)
+    parser.add_argument("--rounds", type=positive_int, default=7)
     args = parser.parse_args(argv)
     return asyncio.run(measure(args.batch, args.decisions, args.rounds))
 

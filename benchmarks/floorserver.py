@@ -85,10 +85,9 @@ def script_call(addresses: list[str], sha: str = EMPTY_SHA) -> bytes:
 class RedisRoundTrips(asyncio.Protocol):
     """One command per batch of waiting answers; the batch is answered when its reply is read."""
 
-    def __init__(self, script: bool = False, sha: str = EMPTY_SHA) -> None:
-        self.script = script
-        self.sha = sha
-        self.addresses: list[str] = []  # of the next batch (script floor only)
+    def __init__(self, sha: str | None = None) -> None:
+        self.sha = sha  # of the script called per batch; None: PING
+        self.addresses: list[str] = []  # of the next batch (script floors only)
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
         self.waiting: list[Later] = []  # for the next round trip
@@ -100,7 +99,7 @@ class RedisRoundTrips(asyncio.Protocol):
 
     def ask(self, later: Later, address: str) -> None:
         self.waiting.append(later)
-        if self.script:
+        if self.sha is not None:
             self.addresses.append(address)
         if self.in_flight is None and not self.scheduled:
             # Those asking in this event-loop turn go together, as the daemon's batches do.
@@ -112,7 +111,7 @@ class RedisRoundTrips(asyncio.Protocol):
         if self.in_flight is not None or not self.waiting or self.transport is None:
             return
         self.in_flight, self.waiting = self.waiting, []
-        if self.script:
+        if self.sha is not None:
             addresses, self.addresses = self.addresses, []
             self.transport.write(script_call(addresses, self.sha))
         else:
@@ -131,10 +130,8 @@ class RedisRoundTrips(asyncio.Protocol):
 async def serve(listen: str, redis_host: str, redis_port: int, source: str | None) -> int:
     """``source``: the script called per batch (None: PING)."""
     loop = asyncio.get_running_loop()
-    sha = sha1(source) if source is not None else EMPTY_SHA
-    _, redis = await loop.create_connection(
-        lambda: RedisRoundTrips(source is not None, sha), redis_host, redis_port
-    )
+    sha = sha1(source) if source is not None else None
+    _, redis = await loop.create_connection(lambda: RedisRoundTrips(sha), redis_host, redis_port)
     if source is not None:
         _, loader = await asyncio.open_connection(redis_host, redis_port)
         loader.write(pack(("SCRIPT", "LOAD", source)))

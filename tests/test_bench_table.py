@@ -119,7 +119,7 @@ def test_the_decision_python_benchmark_answers_every_decision(
 ) -> None:
     """benchmarks/decision_python.py runs the daemon's own decision path without Redis: every
     decision it measures is answered DUNNO through the batch's reply (it raises otherwise),
-    and it reports both paths and the difference."""
+    and it reports both paths and the difference; a count that makes no sense is refused."""
     from benchmarks.decision_python import main
 
     assert main(["--decisions", "300", "--rounds", "1", "--batch", "7"]) == 0
@@ -127,3 +127,7 @@ def test_the_decision_python_benchmark_answers_every_decision(
     assert "daemon's decision: min" in out
     assert "script floor's path: min" in out
     assert "the decision's own Python:" in out
+    for bad in (["--batch", "0"], ["--rounds", "x"]):  # a usage error, not a ZeroDivisionError
+        with pytest.raises(SystemExit) as stopped:
+            main(bad)
+        assert stopped.value.code == 2
