@@ -41,9 +41,11 @@ class ReplySlot(Protocol):
     def cancel(self, msg: Any | None = None) -> bool: ...
 
 
+# One call's keys: any sequence (the limiter remembers each client's as a tuple).
+Keys = Sequence[str]
 # One call waiting for its batch: the script, the arguments its batch shares (the limits), its
 # own keys and arguments, and where its reply goes.
-Pending = tuple[Script, list[Any], Sequence[str], list[Any], ReplySlot]
+Pending = tuple[Script, list[Any], Keys, list[Any], ReplySlot]
 
 
 class ScriptCall:
@@ -135,12 +137,7 @@ class Batcher:
         self._slot_reloader: asyncio.Task[None] | None = None
 
     def submit(
-        self,
-        script: Script,
-        shared: list[Any],
-        keys: Sequence[str],
-        args: list[Any],
-        slot: ReplySlot,
+        self, script: Script, shared: list[Any], keys: Keys, args: list[Any], slot: ReplySlot
     ) -> None:
         """One call of a batch script, with the calls made together: those of one event-loop
         turn, and those that arrive while the previous round trip is out. Its reply, or the

@@ -22,14 +22,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 
-from ratelimit.batch import Pending, ReplySlot, ScriptCall, deliver_replies, fail_all, script_calls
+from ratelimit.batch import (
+    Keys,
+    Pending,
+    ReplySlot,
+    ScriptCall,
+    deliver_replies,
+    fail_all,
+    script_calls,
+)
 from ratelimit.breaker import CircuitBreaker
 from ratelimit.deadline_watch import DeadlineWatch
 from ratelimit.errors import StoreUnavailable, describe
@@ -56,12 +63,7 @@ class LinkBatcher:
         self._deadline = DeadlineWatch()  # the batch out's; one timer for every batch
 
     def submit(
-        self,
-        script: Script,
-        shared: list[Any],
-        keys: Sequence[str],
-        args: list[Any],
-        slot: ReplySlot,
+        self, script: Script, shared: list[Any], keys: Keys, args: list[Any], slot: ReplySlot
     ) -> None:
         """As :meth:`ratelimit.batch.Batcher.submit`: the calls of one event-loop turn, and those
         that arrive while a batch is out, go together."""

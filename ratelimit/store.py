@@ -11,14 +11,14 @@ Beside it, by role: the key layout (keys.py), the scripts (scripts.py), the circ
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from ratelimit.batch import Batcher, ReplySlot
+from ratelimit.batch import Batcher, Keys, ReplySlot
 from ratelimit.breaker import BREAKER_PROBE_INTERVAL, BREAKER_THRESHOLD, CircuitBreaker
 from ratelimit.connections import build_client, close_client
 from ratelimit.errors import NotReplicated, StoreError, StoreUnavailable, describe
@@ -236,12 +236,7 @@ class Store:
         return info
 
     def submit_batched(
-        self,
-        script: Script,
-        shared: list[Any],
-        keys: Sequence[str],
-        args: list[Any],
-        slot: ReplySlot,
+        self, script: Script, shared: list[Any], keys: Keys, args: list[Any], slot: ReplySlot
     ) -> None:
         """One call of a batch script (``shared`` arguments first, then each call's own), run
         with the calls made together in one script call and one round trip
