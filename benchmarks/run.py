@@ -50,6 +50,9 @@ NO_LIMIT_SETTINGS = {
     "SMTP_WHITELIST_MESSAGE_LIMITS": "1000000/1h",
     "SMTP_WHITELIST_RECIPIENT_LIMITS": "1000000/1h",
 }
+# How each floor server of the table (benchmarks.targets.FLOORS) is started: a bare PING, the
+# empty script or decide.lua per batch.
+FLOOR_CALLS = {"floor": "", "script floor": "--script", "decide floor": "--decide"}
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -493,8 +496,9 @@ def main(argv: list[str] | None = None) -> int:
             null_pid = procs.null_server(null_port)
             ours_pid = procs.policyd(ours_port, redis_port, **served())
             servers = [("null", null_port, null_pid), ("ours", ours_port, ours_pid)]
-            for name, call in zip(FLOORS, ("", "--script", "--decide"), strict=True):
+            for name in FLOORS:
                 port = free_port()
+                call = FLOOR_CALLS[name]
                 servers.append((name, port, procs.floor_server(port, redis_port, call=call)))
             client = redis.Redis(host=HOST, port=redis_port)
             for line in machine():

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.openloop import tcp_address
-from benchmarks.run import open_rates, source_tree
-from benchmarks.targets import OpenRound, OpenRounds, closed_rows, open_rows
+from benchmarks.run import FLOOR_CALLS, open_rates, source_tree
+from benchmarks.targets import FLOORS, OpenRound, OpenRounds, closed_rows, open_rows
 
 
 @dataclass(frozen=True)
@@ -131,3 +131,9 @@ def test_the_decision_python_benchmark_answers_every_decision(
         with pytest.raises(SystemExit) as stopped:
             main(bad)
         assert stopped.value.code == 2
+
+
+def test_every_floor_of_the_table_is_started_with_its_own_call() -> None:
+    """A floor column of the table has a server started for it, each a different call."""
+    assert set(FLOOR_CALLS) == set(FLOORS)
+    assert len(set(FLOOR_CALLS.values())) == len(FLOORS)
