@@ -47,7 +47,7 @@ class Sink(asyncio.Transport):
 
 def accepted_reply(decisions: int) -> bytes:
     """What Redis answers one script call of ``decisions`` decisions, each accepted."""
-    return b"*%d\r\n" % decisions + b"*4\r\n:0\r\n:0\r\n:0\r\n:0\r\n" * decisions
+    return b"*%d\r\n" % decisions + b":0\r\n" * decisions
 
 
 def positive_int(text: str) -> int:

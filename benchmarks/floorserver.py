@@ -8,9 +8,10 @@ asyncio protocol with hiredis' reader: no redis-py, nothing decided.
 - ``PING`` (the default): what the socket to Redis costs by itself; no decision that asks
   Redis can cost less.
 - ``--script``: one EVALSHA per batch of a script that reads nothing and answers each call
-  ``{0, 0, 0, 0}``, with the daemon's own arguments (three keys and two arguments per decision
-  after the seven the batch shares): what calling a Lua script with a batch costs, before the
-  script does any work. No atomic decision in Redis (a script) can cost less.
+  ``0`` (decide.lua's "accepted"), with the daemon's own arguments (three keys and two
+  arguments per decision after the seven the batch shares): what calling a Lua script with a
+  batch costs, before the script does any work. No atomic decision in Redis (a script) can
+  cost less.
 - ``--decide``: the same call of the daemon's own ``ratelimit/lua/decide.lua``, its replies
   read and not looked at: every decision's Redis work as the daemon's, with none of its
   Python. What is left between this and the daemon is the decision's Python, and what it costs
@@ -40,7 +41,7 @@ from smtp_whitelist.loop import run_event_loop
 PING = b"*1\r\n$4\r\nPING\r\n"
 
 
-EMPTY_SCRIPT = "local r = {} for i = 1, #KEYS / 3 do r[i] = {0, 0, 0, 0} end return r"
+EMPTY_SCRIPT = "local r = {} for i = 1, #KEYS / 3 do r[i] = 0 end return r"
 DECIDE_SCRIPT = (Path(__file__).resolve().parent.parent / "ratelimit/lua/decide.lua").read_text()
 
 

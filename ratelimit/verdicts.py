@@ -90,22 +90,31 @@ class VerdictWaiter(Protocol):
     def cancelled(self) -> bool: ...  # went away: the decision need not be made
 
 
-def verdict_of(config: LimitConfig, accepted: Passed, reply: list[int]) -> Verdict:
-    """decide.lua's reply for one decision, as the verdict. ``accepted``: the client network's
+def verdict_of(config: LimitConfig, accepted: Passed, reply: int | list[int]) -> Verdict:
+    """decide.lua's reply for one decision, as the verdict: a bare code when accepted or
+    whitelisted, else ``[code, index, used, compromised]``. ``accepted``: the client network's
     accepted verdict, made once per client by the limiter and shared by its decisions (Passed
     is immutable), so the common reply makes no object."""
-    code = reply[0]
-    if code == Decided.ACCEPTED:
+    if reply == _ACCEPTED:
         return accepted
     network = accepted.network
-    if code == Decided.WHITELISTED:
+    if reply == _WHITELISTED:
         return Passed(Outcome.WHITELISTED, network)
-    _, index, used, compromised = reply
+    if isinstance(reply, int):  # a code that is none of the bare ones
+        raise ValueError(f"no decision has the code {reply}")  # noqa: TRY004
+    code, index, used, compromised = reply
     if code == Decided.MESSAGE_LIMIT:
         limit, counted = config.message_limits[index - 1], Counted.MESSAGES
-    else:
+    elif code == Decided.RECIPIENT_LIMIT:
         limit, counted = config.recipient_limits[index - 1], Counted.RECIPIENTS
+    else:
+        raise ValueError(f"no refusal has the code {code}")
     return Limited(network, limit, counted, used, compromised)
+
+
+# The two codes nearly every reply is, as plain ints: compared once per decision.
+_ACCEPTED = int(Decided.ACCEPTED)
+_WHITELISTED = int(Decided.WHITELISTED)
 
 
 class ScriptReply:

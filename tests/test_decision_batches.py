@@ -139,10 +139,11 @@ async def test_calls_with_different_limits_in_one_batch_are_each_judged_by_their
         *(call("192.0.2.7", strict) for _ in range(3)),
         *(call("192.0.2.8", loose) for _ in range(3)),
     )
-    assert [reply[0] for reply in replies] == [
+    # Accepted: the bare code; refused: [code, index, used, compromised].
+    assert replies == [
         Decided.ACCEPTED,
-        Decided.MESSAGE_LIMIT,
-        Decided.MESSAGE_LIMIT,
+        [Decided.MESSAGE_LIMIT, 1, 1, 0],
+        [Decided.MESSAGE_LIMIT, 1, 1, 0],
         Decided.ACCEPTED,
         Decided.ACCEPTED,
         Decided.ACCEPTED,
@@ -390,12 +391,17 @@ def test_a_networks_accepted_verdict_is_shared_and_the_others_name_its_network()
         make_settings("redis://127.0.0.1:1/0", message_limits="5/1m", recipient_limits="9/1h")
     )
     accepted = Passed(Outcome.ACCEPTED, "192.0.2.0/24")
-    assert verdict_of(config, accepted, [Decided.ACCEPTED, 0, 0, 0]) is accepted
-    whitelisted = verdict_of(config, accepted, [Decided.WHITELISTED, 0, 0, 0])
+    assert verdict_of(config, accepted, 0) is accepted
+    whitelisted = verdict_of(config, accepted, 1)
     assert whitelisted == Passed(Outcome.WHITELISTED, "192.0.2.0/24")
     refused = verdict_of(config, accepted, [Decided.RECIPIENT_LIMIT, 1, 8, 0])
     assert isinstance(refused, Limited)
     assert (refused.network, refused.limit.count, refused.used) == ("192.0.2.0/24", 9, 8)
+    # Anything else is no reply of decide.lua: an error (the decision fails as a store error),
+    # never a verdict guessed from it.
+    for unreadable in (2, 4, [0, 0, 0, 0], [Decided.USAGE, 1, 2, 3], [2, 1]):
+        with pytest.raises((ValueError, TypeError)):
+            verdict_of(config, accepted, unreadable)
 
 
 async def test_a_batch_times_out_at_its_own_deadline_after_earlier_batches(

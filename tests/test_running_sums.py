@@ -66,25 +66,25 @@ class Model:
     def inside(self, now: int, window: int) -> list[tuple[int, int]]:
         return [(at, n) for at, n in self.entries if at >= now - window]
 
-    def count(self, limits: Limits, now: int, rcpts: int) -> list[int]:
+    def count(self, limits: Limits, now: int, rcpts: int) -> Reply:
         self.entries = self.inside(now, limits.longest)  # the trim
         for i, (limit, window) in enumerate(limits.messages, 1):
             used = len(self.inside(now, window))
             if used + 1 > limit:
-                return [MESSAGES, i, used]
+                return [MESSAGES, i, used, 0]  # 0: OFFENDER_THRESHOLD never met
         for j, (limit, window) in enumerate(limits.recipients, 1):
             used = sum(n for _, n in self.inside(now, window))
             if used + rcpts > limit:
-                return [RECIPIENTS, j, used]
+                return [RECIPIENTS, j, used, 0]
         self.entries.append((now, rcpts))
-        return [ACCEPTED, 0, 0]
+        return ACCEPTED
 
-    def check(self, limits: Limits, now: int) -> list[int]:
+    def check(self, limits: Limits, now: int) -> Reply:
         for i, (limit, window) in enumerate(limits.messages, 1):
             used = len(self.inside(now, window))
             if used >= limit:
-                return [MESSAGES, i, used]
-        return [ACCEPTED, 0, 0]
+                return [MESSAGES, i, used, 0]  # 0: OFFENDER_THRESHOLD never met
+        return ACCEPTED
 
     def usage(self, limits: Limits, now: int) -> list[int]:
         return (
@@ -99,17 +99,20 @@ def now_us(client: redis.Redis) -> int:
     return int(seconds) * US + int(micros)
 
 
+Reply = int | list[int]  # decide.lua's: a bare code when accepted, else a list
+
+
 def decide(
     client: redis.Redis, limits: Limits, decisions: list[tuple[str, str, int]]
-) -> list[list[int]]:
+) -> list[Reply]:
     """One script call deciding ``decisions`` (client, mode, recipients) in order."""
     keys: list[str] = []
     args: list[str | int] = []
     for who, mode, rcpts in decisions:
         keys += [log_key(who), KEYS.grant(who, f"{who}/32"), KEYS.offender(who, f"{who}/32")]
         args += [mode, rcpts]
-    replies = cast(list[list[int]], client.eval(DECIDE, len(keys), *keys, *limits.shared(), *args))
-    return [[int(x) for x in reply] for reply in replies]
+    replies = cast(list[Reply], client.eval(DECIDE, len(keys), *keys, *limits.shared(), *args))
+    return [r if isinstance(r, int) else [int(x) for x in r] for r in replies]
 
 
 def entry_members(client: redis.Redis, who: str) -> list[bytes]:
@@ -222,8 +225,7 @@ def test_every_answer_is_what_a_walk_of_the_entries_gives(
                     expected = model.check(limits, now)
                 else:
                     expected = model.usage(limits, now)
-                got = reply if mode == "usage" else reply[:3]
-                assert got == expected, (step, who, mode)
+                assert reply == expected, (step, who, mode)
         elif step[0] == "age":
             _, who, oldest, stale = step
             now = now_us(direct)
@@ -252,7 +254,7 @@ def test_every_answer_is_what_a_walk_of_the_entries_gives(
 def test_a_new_client_gets_its_sums_and_a_ttl_past_its_newest_entry(direct: redis.Redis) -> None:
     limits = Limits([(100, HOUR)], [(1000, HOUR)])
     who = CLIENTS[0]
-    assert decide(direct, limits, [(who, "count", 3), (who, "count", 2)]) == [[0, 0, 0, 0]] * 2
+    assert decide(direct, limits, [(who, "count", 3), (who, "count", 2)]) == [0] * 2
     key = log_key(who)
     recipients, messages, expires = direct.zmscore(key, SUMS)
     assert (recipients, messages) == (-6.0, -3.0)  # -1 - 5 recipients, -1 - 2 messages
@@ -285,18 +287,18 @@ def test_a_refusal_after_a_trim_leaves_the_sums_exact(direct: redis.Redis) -> No
     limits = Limits([(2, HOUR)], [(1000, HOUR)])
     who = CLIENTS[0]
     key = log_key(who)
-    assert decide(direct, limits, [(who, "count", 4)] * 2) == [[0, 0, 0, 0]] * 2
+    assert decide(direct, limits, [(who, "count", 4)] * 2) == [0] * 2
     age_entries(direct, who, entry_members(direct, who)[:1], now_us(direct) - 2 * HOUR)
     # One entry went stale and is trimmed; one plus the new one is at the limit of two: accepted.
-    assert decide(direct, limits, [(who, "count", 1)]) == [[0, 0, 0, 0]]
+    assert decide(direct, limits, [(who, "count", 1)]) == [0]
     # Now two in the window: the third is refused, after a trim that took nothing.
     reply = decide(direct, limits, [(who, "count", 1)])
-    assert reply[0][:3] == [MESSAGES, 1, 2]
+    assert reply == [[MESSAGES, 1, 2, 0]]
     # Age both: the refusal's trim takes them, and the sums follow although nothing is added.
     limits_one = Limits([(0, HOUR)], [(1000, HOUR)])
     age_entries(direct, who, entry_members(direct, who), now_us(direct) - 2 * HOUR)
     reply = decide(direct, limits_one, [(who, "count", 1)])
-    assert reply[0][:3] == [MESSAGES, 1, 0]
+    assert reply == [[MESSAGES, 1, 0, 0]]
     assert stored_entries(direct, who) == []
     assert direct.zmscore(key, SUMS[:2]) == [-1.0, -1.0]  # nothing left, and the sums say so
     assert_sums_hold(direct, who)
@@ -305,13 +307,13 @@ def test_a_refusal_after_a_trim_leaves_the_sums_exact(direct: redis.Redis) -> No
 def test_a_shorter_window_is_counted_apart_from_the_sums(direct: redis.Redis) -> None:
     limits = Limits([(5, HOUR), (2, TEN_MINUTES)], [(1000, HOUR), (3, TEN_MINUTES)])
     who = CLIENTS[0]
-    assert decide(direct, limits, [(who, "count", 1)] * 2) == [[0, 0, 0, 0]] * 2
+    assert decide(direct, limits, [(who, "count", 1)] * 2) == [0] * 2
     age_entries(direct, who, entry_members(direct, who), now_us(direct) - 30 * 60 * US)
     # Two in the hour, none in the last ten minutes: both short limits have room again.
-    assert decide(direct, limits, [(who, "count", 3)]) == [[0, 0, 0, 0]]
-    assert decide(direct, limits, [(who, "count", 1)])[0][:3] == [RECIPIENTS, 2, 3]
-    assert decide(direct, limits, [(who, "count", 0)]) == [[0, 0, 0, 0]]
-    assert decide(direct, limits, [(who, "count", 0)])[0][:3] == [MESSAGES, 2, 2]
+    assert decide(direct, limits, [(who, "count", 3)]) == [0]
+    assert decide(direct, limits, [(who, "count", 1)]) == [[RECIPIENTS, 2, 3, 0]]
+    assert decide(direct, limits, [(who, "count", 0)]) == [0]
+    assert decide(direct, limits, [(who, "count", 0)]) == [[MESSAGES, 2, 2, 0]]
     assert decide(direct, limits, [(who, "usage", 0)]) == [[USAGE, 4, 2, 5, 3]]
     assert_sums_hold(direct, who)
 
@@ -327,7 +329,7 @@ def test_a_log_an_earlier_version_wrote_is_summed_again(direct: redis.Redis) -> 
     direct.zremrangebyscore(key, "-inf", f"({now - HOUR}")  # as the previous script did
     direct.zadd(key, {f"5:{now}": now}, nx=True)
     assert direct.zmscore(key, SUMS) == [None, None, None]
-    assert decide(direct, limits, [(who, "count", 1)] * 2) == [[0, 0, 0, 0]] * 2
+    assert decide(direct, limits, [(who, "count", 1)] * 2) == [0] * 2
     assert sorted(n for _, n in stored_entries(direct, who)) == [1, 1, 2, 5]
     assert direct.zmscore(key, SUMS[:2]) == [-10.0, -5.0]
     assert_sums_hold(direct, who)

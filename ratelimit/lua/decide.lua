@@ -15,11 +15,13 @@
 -- limits only) or "usage" (read every limit's current use; no whitelist check, nothing
 -- recorded), and the recipients in its message.
 --
--- Returns one reply per decision, in order: {code, index, used, compromised}: code 0 accepted
--- (recorded in "count" mode), 1 whitelisted, 2 message limit `index` reached, 3 recipient limit
--- `index` reached; `used` is what that limit had counted before this message; `compromised`,
--- on a refusal, is the client's refusals this hour when this one brought them to exactly
--- OFFENDER_THRESHOLD, else 0. "usage" replies {4, used1, used2, ...}, message limits first.
+-- Returns one reply per decision, in order: 0 accepted (recorded in "count" mode), 1
+-- whitelisted (the two replies nearly every decision gets: a bare integer, which Redis writes
+-- and the daemon reads with no array around it), or on a refusal {code, index, used,
+-- compromised}: code 2 message limit `index` reached, 3 recipient limit `index` reached; `used`
+-- is what that limit had counted before this message; `compromised` is the client's refusals
+-- this hour when this one brought them to exactly OFFENDER_THRESHOLD, else 0. "usage" replies
+-- {4, used1, used2, ...}, message limits first.
 --
 -- Time comes from Redis (TIME, once per batch), not from the daemons, so several policy servers
 -- on several hosts share one clock and the limit stays exact across them.
@@ -170,37 +172,39 @@ local function count(log, offender, rcpts)
       return refused_after_trim(log, offender, s, recipients, messages, 3, j, used, limit)
     end
   end
-  local member = int(rcpts) .. ':' .. now_text
-  local add = {log, now_text, member, int(-1 - (recipients + rcpts)), '0:t',
-    int(-1 - (messages + 1)), '0:c'}
+  -- rcpts is at most 1,000,000: Lua writes it exactly. The sums are scores, so they go as
+  -- numbers (Redis writes a number argument exactly, as a double), not through int().
+  local member = rcpts .. ':' .. now_text
+  local total, entries = -1 - (recipients + rcpts), -1 - (messages + 1)
   -- ZADD answers how many members are new: the entry, and any sum the log did not have yet.
   local new = 1
   if not s[1] then new = new + 1 end
   if not s[2] then new = new + 1 end
-  local renew = now + longest > expires
-  local expires_at = now + longest + SLACK
-  if renew then
-    add[8], add[9] = int(-expires_at), '0:e'
+  local added
+  if now + longest > expires then
+    -- The log expires a little after its newest entry leaves the longest window.
+    local expires_at = now + longest + SLACK
     if not s[3] then new = new + 1 end
+    added = redis.call('ZADD', log, now_text, member, total, '0:t', entries, '0:c',
+      -expires_at, '0:e')
+    redis.call('PEXPIREAT', log, int(math.ceil(expires_at / 1000)))
+  else
+    added = redis.call('ZADD', log, now_text, member, total, '0:t', entries, '0:c')
   end
-  if redis.call('ZADD', unpack(add)) < new then
+  if added < new then
     -- The same recipients at the same µs (two messages of one batch): a distinct member.
     local n = 1
     while redis.call('ZADD', log, 'NX', now_text, member .. ':' .. n) == 0 do n = n + 1 end
   end
-  if renew then
-    -- The log expires a little after its newest entry leaves the longest window.
-    redis.call('PEXPIREAT', log, int(math.ceil(expires_at / 1000)))
-  end
-  return {0, 0, 0, 0}
+  return 0
 end
 
 local function decide(log, grant, offender, mode, rcpts)
   if mode ~= 'usage' and redis.call('EXISTS', grant) == 1 then
-    return {1, 0, 0, 0}
+    return 1
   end
   if mode == 'count' then
-    if longest == 0 then return {0, 0, 0, 0} end  -- no limits: nothing to count against
+    if longest == 0 then return 0 end  -- no limits: nothing to count against
     return count(log, offender, rcpts)
   end
   local usage = {4}
@@ -214,7 +218,7 @@ local function decide(log, grant, offender, mode, rcpts)
     end
   end
   if mode == 'check' then
-    return {0, 0, 0, 0}
+    return 0
   end
   for j = 1, r do
     usage[#usage + 1] = recipients_since(log, recipient_limits[j][3])
