@@ -21,17 +21,13 @@ from policyd.server import Later
 from policyd.stage_watch import StageObserver, StageReport
 from policyd.store_outage import StoreOutage, decision_fields
 from policyd.waiting import WaitingDecision
-from ratelimit.addresses import IPAddress, parse_ip
-from ratelimit.limiter import Limiter, Mode
+from ratelimit.limiter import Client, Limiter, Mode
 from ratelimit.metrics import Metrics
 from ratelimit.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 CHECKED_STATES = frozenset({"RCPT"})
-# client_address texts remembered with their parsed address (ipaddress parsing costs a few µs
-# per request); when this many are held the memo starts again from empty.
-MAX_REMEMBERED_ADDRESSES = 16_384
 # The `result` label of requests that no limit was asked about.
 NOT_COUNTED = "not_counted"
 
@@ -57,7 +53,6 @@ class PolicyDecider:
         self.report = report
         self.refusals = RefusalLog()
         self.outage = StoreOutage()
-        self._addresses: dict[str, IPAddress | None] = {}
         self._data_confirmed = False
         self._reports: set[asyncio.Task[None]] = set()
 
@@ -101,12 +96,12 @@ class PolicyDecider:
             mode = Mode.CHECK
         else:
             return self.answered(request, state, DUNNO, NOT_COUNTED, started)
-        address = self._limited_address(request, state)
-        if address is None:
+        client = self._limited_client(request, state)
+        if client is None:
             return self.answered(request, state, DUNNO, NOT_COUNTED, started)
-        waiter = WaitingDecision(self, request, state, address, started, later)
+        waiter = WaitingDecision(self, request, state, client.address, started, later)
         try:
-            verdict = self.limiter.submit(address, mode, request.recipient_count, waiter)
+            verdict = self.limiter.submit(client, mode, request.recipient_count, waiter)
         except StoreUnavailable as error:
             return waiter.action_for_failure(error)
         if verdict is None:
@@ -178,18 +173,10 @@ class PolicyDecider:
             # Only `check` reads the note; the warning itself is already in the log.
             log.debug("could not record the DATA-stage note in Redis: %s", error)
 
-    def _limited_address(self, request: PolicyRequest, state: str) -> IPAddress | None:
-        """The client's address when its request is to be limited; None (logged) when not."""
-        text = request.client_address
-        addresses = self._addresses
-        try:
-            address = addresses[text]
-        except KeyError:
-            address = parse_ip(text)
-            if len(addresses) >= MAX_REMEMBERED_ADDRESSES:
-                addresses.clear()
-            addresses[text] = address
-        if address is None:
+    def _limited_client(self, request: PolicyRequest, state: str) -> Client | None:
+        """The client when its request is to be limited; None (logged) when not."""
+        client = self.limiter.client(request.client_address)
+        if client is None:
             log.warning(
                 "policy request without a usable client_address (%r), stage=%s queue_id=%s"
                 " instance=%s: DUNNO",
@@ -201,7 +188,7 @@ class PolicyDecider:
             return None
         scope = self.scope
         if scope.networks and not scope.covers(
-            address, authenticated=bool(request.get("sasl_username"))
+            address := client.address, authenticated=bool(request.get("sasl_username"))
         ):
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -211,7 +198,7 @@ class PolicyDecider:
                     extra=fields(client=str(address), stage=state, action=DUNNO),
                 )
             return None
-        return address
+        return client
 
 
 # Importers name these as the decision's: the replies and the settings it reads.

@@ -11,7 +11,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ratelimit.addresses import IPAddress, IPNetwork, client_network, in_networks
+from ratelimit.addresses import IPAddress, IPNetwork, client_network, in_networks, parse_ip
 from ratelimit.limits import Limit
 from ratelimit.store import Script, Store
 from ratelimit.verdicts import (
@@ -29,6 +29,7 @@ from ratelimit.verdicts import (
 
 # Importers name the verdict types as the limiter's.
 __all__ = [
+    "Client",
     "Counted",
     "Decided",
     "LimitConfig",
@@ -48,9 +49,10 @@ MAX_RECIPIENTS = 1_000_000
 
 _DECIDE = Script("decide")
 
-# Clients remembered with their network, Redis keys and exemption, so that a busy client's
-# requests skip ipaddress' network arithmetic and string building (a few µs each). A relay sees
-# a working set of thousands; when this many are held the memo starts again from empty.
+# Clients remembered by their client_address text with the parsed address, network, Redis keys
+# and exemption, so that a busy client's requests skip ipaddress' parsing, network arithmetic
+# and string building (a few µs each). A relay sees a working set of thousands; when this many
+# are held the memo starts again from empty.
 MAX_REMEMBERED_CLIENTS = 16_384
 
 
@@ -106,6 +108,19 @@ class LimitConfig:
         return args
 
 
+class Client:
+    """A client address as decisions need it, made once per client: the address, its network's
+    accepted (or exempt) verdict, shared by its decisions (Passed is immutable), and the
+    script's keys (None when exempt; a tuple, as a relay remembers thousands of clients)."""
+
+    __slots__ = ("address", "keys", "passed")
+
+    def __init__(self, address: IPAddress, passed: Passed, keys: tuple[str, str, str] | None):
+        self.address = address
+        self.passed = passed
+        self.keys = keys
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """One limit and how much of it a client has used right now."""
@@ -122,9 +137,10 @@ class Limiter:
         self.store = store
         self.config = config  # replaced whole on SIGHUP; a decision reads it once
         self._args = config.script_args()
-        # address -> (its network's accepted or exempt verdict, the script's keys or None when
-        # exempt); depends on the config only.
-        self._clients: dict[IPAddress, tuple[Passed, tuple[str, str, str] | None]] = {}
+        # client_address text -> its Client, or None when it is no address; depends on the
+        # config only. Keyed by the text, whose hash Python keeps, not by the address, whose
+        # hash ipaddress computes in Python on every lookup.
+        self._clients: dict[str, Client | None] = {}
 
     def reconfigure(self, config: LimitConfig) -> None:
         """Apply new limits from the next decision on (SIGHUP)."""
@@ -147,13 +163,28 @@ class Limiter:
         """RCPT: refuse when the client is already at a message limit; counts nothing."""
         return self._decide(address, Mode.CHECK, 0)
 
+    def client(self, text: str) -> Client | None:
+        """The client whose ``client_address`` Postfix wrote as ``text``; None when it is no
+        address (see :func:`ratelimit.addresses.parse_ip`). Remembered by the text."""
+        clients = self._clients
+        try:
+            return clients[text]
+        except KeyError:
+            pass
+        address = parse_ip(text)
+        client = None if address is None else self._client_of(address)
+        if len(clients) >= MAX_REMEMBERED_CLIENTS:
+            clients.clear()
+        clients[text] = client
+        return client
+
     def submit(
-        self, address: IPAddress, mode: Mode, recipients: int, waiter: VerdictWaiter
+        self, client: Client, mode: Mode, recipients: int, waiter: VerdictWaiter
     ) -> Verdict | None:
         """The decision without a coroutine: the verdict now when Redis need not be asked
         (exempt, no limits); else None, and the verdict goes to ``waiter`` as soon as Redis'
         reply is read. Raises StoreUnavailable at once while the circuit breaker is open."""
-        passed, keys = self._client(address)
+        passed, keys = client.passed, client.keys
         if keys is None:
             return passed  # exempt
         config = self.config
@@ -170,32 +201,23 @@ class Limiter:
         )
         return None
 
-    def _client(self, address: IPAddress) -> tuple[Passed, tuple[str, str, str] | None]:
-        """The script's keys for ``address`` and its network's accepted verdict; or no keys and
-        its exempt verdict. Made once per client: the verdict is immutable, so its decisions
-        share it (tuples, not lists: a relay sees thousands of clients, each remembered)."""
-        clients = self._clients
-        found = clients.get(address)
-        if found is None:
-            config = self.config
-            network = str(client_network(address, config.ipv4_prefix, config.ipv6_prefix))
-            if in_networks(address, config.exempt_networks):
-                found = (Passed(Outcome.EXEMPT, network), None)
-            else:
-                keys = self.store.keys
-                ip = str(address)
-                found = (
-                    Passed(Outcome.ACCEPTED, network),
-                    (keys.client_log(network), keys.grant(ip, network), keys.offender(ip, network)),
-                )
-            if len(clients) >= MAX_REMEMBERED_CLIENTS:
-                clients.clear()
-            clients[address] = found
-        return found
+    def _client_of(self, address: IPAddress) -> Client:
+        """``address`` with its network's verdict and the script's keys, for the config now."""
+        config = self.config
+        network = str(client_network(address, config.ipv4_prefix, config.ipv6_prefix))
+        if in_networks(address, config.exempt_networks):
+            return Client(address, Passed(Outcome.EXEMPT, network), None)
+        keys = self.store.keys
+        ip = str(address)
+        return Client(
+            address,
+            Passed(Outcome.ACCEPTED, network),
+            (keys.client_log(network), keys.grant(ip, network), keys.offender(ip, network)),
+        )
 
     async def _decide(self, address: IPAddress, mode: Mode, recipients: int) -> Verdict:
         waiter = FutureVerdict(asyncio.get_running_loop().create_future())
-        verdict = self.submit(address, mode, recipients, waiter)
+        verdict = self.submit(self._client_of(address), mode, recipients, waiter)
         if verdict is not None:
             return verdict
         return await waiter.future

@@ -249,7 +249,9 @@ async def test_decisions_on_a_kept_connection_wake_no_task(
             waiter.expected = 10 * (round_ + 1)
             waiter.all_in.clear()
             for n in range(10):
-                assert limiter.submit(parse_ip(f"198.51.100.{n}"), Mode.COUNT, 1, waiter) is None
+                client = limiter.client(f"198.51.100.{n}")
+                assert client is not None
+                assert limiter.submit(client, Mode.COUNT, 1, waiter) is None
             async with asyncio.timeout(5):  # (wait_for would create a task)
                 await waiter.all_in.wait()
     finally:
