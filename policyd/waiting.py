@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from policyd.protocol import PolicyRequest
 from policyd.replies import DUNNO
@@ -48,7 +47,8 @@ class WaitingDecision:
 
     def action_for(self, verdict: Verdict) -> str:
         decider = self.decider
-        decider.outage.ok()
+        if decider.outage.failing_since is not None:  # not a call per decision to learn it
+            decider.outage.ok()
         if not isinstance(verdict, Limited) and not log.isEnabledFor(logging.DEBUG):
             action = DUNNO  # the common case: no address text, no log line
         else:
@@ -76,20 +76,27 @@ class WaitingDecision:
     # -- VerdictWaiter: called from the batch's reply -------------------------------------------
 
     def decided(self, verdict: Verdict) -> None:
-        self._answer(self.action_for, verdict)
+        # Not through a shared helper taking the method to call: this is every decision's path,
+        # and a call less is 0.1 µs less.
+        try:
+            action: str | None = self.action_for(verdict)
+        except Exception:
+            self._log_bug()
+            action = None
+        self.later(action)
 
     def failed(self, error: StoreUnavailable) -> None:
-        self._answer(self.action_for_failure, error)
+        try:
+            action: str | None = self.action_for_failure(error)
+        except Exception:
+            self._log_bug()
+            action = None
+        self.later(action)
 
     def cancelled(self) -> bool:
         return False  # a connection gone still gets its decision made: the message may be sent
 
-    def _answer(self, make: Callable[[Any], str], outcome: Any) -> None:
-        try:
-            action: str | None = make(outcome)
-        except Exception:
-            # A bug, not a protocol or store problem: no reply (Postfix retries and then
-            # applies its default action), and the traceback goes to the log only.
-            log.exception("policy decision failed for %s", self.request.client_address[:64])
-            action = None
-        self.later(action)
+    def _log_bug(self) -> None:
+        """A bug, not a protocol or store problem: no reply (Postfix retries and then applies
+        its default action), and the traceback goes to the log only."""
+        log.exception("policy decision failed for %s", self.request.client_address[:64])

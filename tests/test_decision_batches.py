@@ -228,6 +228,47 @@ class Waiter:
         return False
 
 
+async def test_callers_cancelled_while_their_batch_is_out_cost_the_others_nothing(
+    store: Store, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Replies are handed out without asking each slot first whether it was cancelled: a
+    future cancelled meanwhile refuses its reply quietly, a decision awaited by a cancelled
+    task drops it, and every other call of the batch gets its own."""
+    limiter = limiter_for(store, redis_server, message_limits="100/1m")
+    await limiter.count_message(parse_ip("192.0.2.1"), 1)  # opens the connection, loads the script
+    config = limiter.config
+    keys = store.keys
+    futures = [
+        run_batched(
+            store,
+            DECIDE,
+            config.script_args(),
+            [
+                keys.client_log(f"{ip}/32"),
+                keys.grant(ip, f"{ip}/32"),
+                keys.offender(ip, f"{ip}/32"),
+            ],
+            ["count", 1],
+        )
+        for ip in (f"198.51.100.{n}" for n in range(4))
+    ]
+    tasks = [
+        asyncio.create_task(limiter.count_message(parse_ip(f"203.0.113.{n}"), 1)) for n in range(4)
+    ]
+    await asyncio.sleep(0)  # the tasks submit their decisions
+    await asyncio.sleep(0)  # the batch is written
+    futures[1].cancel()
+    tasks[2].cancel()
+    with caplog.at_level("ERROR", logger="ratelimit.store"):
+        done = await asyncio.gather(*futures, *tasks, return_exceptions=True)
+    assert caplog.records == []
+    raw, awaited = done[:4], done[4:]
+    assert [type(d).__name__ for d in raw] == ["int", "CancelledError", "int", "int"]
+    assert [type(d).__name__ for d in awaited] == ["Passed", "Passed", "CancelledError", "Passed"]
+    # Redis decided every call of the batch (the cancelled ones were already on their way).
+    assert int(redis_server.cli("ZCOUNT", keys.client_log("198.51.100.1/32"), "0", "+inf")) == 1
+
+
 async def test_decisions_on_a_kept_connection_wake_no_task(
     store: Store, redis_server: RedisServer
 ) -> None:
