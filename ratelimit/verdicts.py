@@ -132,6 +132,9 @@ class ScriptReply:
         return self.waiter.cancelled()
 
     def set_result(self, result: Any, /) -> None:
+        if result == _ACCEPTED:  # nearly every reply: verdict_of's first case, without the call
+            self.waiter.decided(self.accepted)
+            return
         try:
             verdict = verdict_of(self.config, self.accepted, result)
         except (TypeError, ValueError, IndexError) as error:
