@@ -115,7 +115,9 @@ class Client:
 
     __slots__ = ("address", "keys", "passed")
 
-    def __init__(self, address: IPAddress, passed: Passed, keys: tuple[str, str, str] | None):
+    def __init__(
+        self, address: IPAddress, passed: Passed, keys: tuple[str, str, str] | None
+    ) -> None:
         self.address = address
         self.passed = passed
         self.keys = keys
