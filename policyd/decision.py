@@ -187,8 +187,9 @@ class PolicyDecider:
             )
             return None
         scope = self.scope
+        address = client.address
         if scope.networks and not scope.covers(
-            address := client.address, authenticated=bool(request.get("sasl_username"))
+            address, authenticated=bool(request.get("sasl_username"))
         ):
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
