@@ -13,7 +13,7 @@
 --   OFFENDER_THRESHOLD
 -- then per decision, two: its mode, "count" (DATA: check and record), "check" (RCPT: message
 -- limits only) or "usage" (read every limit's current use; no whitelist check, nothing
--- recorded), and the recipients in its message.
+-- recorded), and the recipients in its message (a decimal integer, 0 to 1,000,000).
 --
 -- Returns one reply per decision, in order: 0 accepted (recorded in "count" mode), 1
 -- whitelisted (the two replies nearly every decision gets: a bare integer, which Redis writes
@@ -29,8 +29,10 @@
 -- Lua 5.1 prints numbers with 14 significant digits; times in µs have 16, so every number that
 -- becomes a string goes through %d.
 local function int(x) return string.format('%d', x) end
+-- Locals, not a global's field per call: redis.call runs about five times per decision.
+local call, tonumber = redis.call, tonumber
 
-local t = redis.call('TIME')
+local t = call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local m = tonumber(ARGV[1])
@@ -65,18 +67,18 @@ local first_decision_arg = 2 * m + 2 * r + 4
 local OFFENDER_HOURS = 25  -- hours kept: `top --since` reaches back a day
 local hour = math.floor(now / 3600000000)
 local function refused(offender, code, i, used, limit)
-  local count = redis.call('HINCRBY', offender, 'h' .. hour, 1)
+  local count = call('HINCRBY', offender, 'h' .. hour, 1)
   local kind = (code == 2) and 'messages' or 'recipients'
-  redis.call('HSET', offender, 'limit', kind .. ' ' .. int(limit[1]) .. ' ' .. int(limit[2] / 1000000),
+  call('HSET', offender, 'limit', kind .. ' ' .. int(limit[1]) .. ' ' .. int(limit[2] / 1000000),
     'last', now_text)
   if count == 1 then
     -- A new hour: forget the hours that `top` no longer reads (at most one per hour).
-    for _, field in ipairs(redis.call('HKEYS', offender)) do
+    for _, field in ipairs(call('HKEYS', offender)) do
       local h = tonumber(string.match(field, '^h(%d+)$'))
-      if h and h <= hour - OFFENDER_HOURS then redis.call('HDEL', offender, field) end
+      if h and h <= hour - OFFENDER_HOURS then call('HDEL', offender, field) end
     end
   end
-  redis.call('EXPIRE', offender, OFFENDER_HOURS * 3600)
+  call('EXPIRE', offender, OFFENDER_HOURS * 3600)
   return {code, i, used, (count == threshold) and count or 0}
 end
 
@@ -103,15 +105,15 @@ end
 local SLACK = math.min(longest, 60000000)  -- at most a minute's more life for an idle log
 
 local function sums_of(log)
-  local s = redis.call('ZMSCORE', log, '0:t', '0:c', '0:e')
+  local s = call('ZMSCORE', log, '0:t', '0:c', '0:e')
   local recipients, messages, expires = 0, 0, 0
   if s[1] and s[2] and s[3] then
     recipients, messages, expires = -1 - tonumber(s[1]), -1 - tonumber(s[2]), -tonumber(s[3])
-    local stale = redis.call('ZRANGE', log, '0', stale_before, 'BYSCORE')
+    local stale = call('ZRANGE', log, '0', stale_before, 'BYSCORE')
     if #stale > 0 then
       -- Entries older than the longest window can never count again: drop them, so a client's
       -- log holds at most what its limits allow.
-      redis.call('ZREMRANGEBYSCORE', log, '0', stale_before)
+      call('ZREMRANGEBYSCORE', log, '0', stale_before)
       for _, member in ipairs(stale) do
         recipients = recipients - tonumber(string.match(member, '^(%d+)'))
       end
@@ -121,7 +123,7 @@ local function sums_of(log)
   else
     -- No sums (a new client, or a log an earlier version wrote): from the entries, once; one
     -- read serves the trim too. `expires` 0: the TTL is set as the entry is added.
-    local entries = redis.call('ZRANGE', log, '0', '+inf', 'BYSCORE', 'WITHSCORES')
+    local entries = call('ZRANGE', log, '0', '+inf', 'BYSCORE', 'WITHSCORES')
     local cut, stale = now - longest, 0
     for k = 1, #entries, 2 do
       if tonumber(entries[k + 1]) < cut then
@@ -131,7 +133,7 @@ local function sums_of(log)
         messages = messages + 1
       end
     end
-    if stale > 0 then redis.call('ZREMRANGEBYSCORE', log, '0', stale_before) end
+    if stale > 0 then call('ZREMRANGEBYSCORE', log, '0', stale_before) end
   end
   return s, recipients, messages, expires
 end
@@ -139,7 +141,7 @@ end
 -- What a window's entries add up to, member by member (a member is "recipients:time[:n]").
 local function recipients_since(log, since)
   local used = 0
-  for _, member in ipairs(redis.call('ZRANGE', log, since, '+inf', 'BYSCORE')) do
+  for _, member in ipairs(call('ZRANGE', log, since, '+inf', 'BYSCORE')) do
     used = used + tonumber(string.match(member, '^(%d+)'))
   end
   return used
@@ -148,18 +150,18 @@ end
 -- A refused DATA adds no entry; if its trim took entries, the sums must say so all the same.
 local function refused_after_trim(log, offender, s, recipients, messages, code, i, used, limit)
   if s.trimmed then
-    redis.call('ZADD', log, int(-1 - recipients), '0:t', int(-1 - messages), '0:c')
+    call('ZADD', log, int(-1 - recipients), '0:t', int(-1 - messages), '0:c')
   end
   return refused(offender, code, i, used, limit)
 end
 
 -- DATA: check every limit, then record the message and the sums in one ZADD.
-local function count(log, offender, rcpts)
+local function count(log, offender, rcpts, rcpts_text)
   local s, recipients, messages, expires = sums_of(log)
   for i = 1, m do
     local limit = message_limits[i]
     local used = messages
-    if limit[2] ~= longest then used = redis.call('ZCOUNT', log, limit[3], '+inf') end
+    if limit[2] ~= longest then used = call('ZCOUNT', log, limit[3], '+inf') end
     if used + 1 > limit[1] then
       return refused_after_trim(log, offender, s, recipients, messages, 2, i, used, limit)
     end
@@ -172,10 +174,11 @@ local function count(log, offender, rcpts)
       return refused_after_trim(log, offender, s, recipients, messages, 3, j, used, limit)
     end
   end
-  -- rcpts is at most 1,000,000: Lua writes it exactly. The sums are scores, so they go as
-  -- numbers (Redis writes a number argument exactly, as a double), not through int().
-  local member = rcpts .. ':' .. now_text
-  local total, entries = -1 - (recipients + rcpts), -1 - (messages + 1)
+  -- Every number goes to Redis as integer text: the recipients as the daemon wrote them, the
+  -- sums through int(). A Lua number, in a concatenation or as an argument, is written with
+  -- '%.17g', some three times the instructions (`python -m benchmarks.redis_instructions`).
+  local member = rcpts_text .. ':' .. now_text
+  local total, entries = int(-1 - (recipients + rcpts)), int(-1 - (messages + 1))
   -- ZADD answers how many members are new: the entry, and any sum the log did not have yet.
   local new = 1
   if not s[1] then new = new + 1 end
@@ -185,32 +188,33 @@ local function count(log, offender, rcpts)
     -- The log expires a little after its newest entry leaves the longest window.
     local expires_at = now + longest + SLACK
     if not s[3] then new = new + 1 end
-    added = redis.call('ZADD', log, now_text, member, total, '0:t', entries, '0:c',
-      -expires_at, '0:e')
-    redis.call('PEXPIREAT', log, int(math.ceil(expires_at / 1000)))
+    added = call('ZADD', log, now_text, member, total, '0:t', entries, '0:c',
+      int(-expires_at), '0:e')
+    call('PEXPIREAT', log, int(math.ceil(expires_at / 1000)))
   else
-    added = redis.call('ZADD', log, now_text, member, total, '0:t', entries, '0:c')
+    added = call('ZADD', log, now_text, member, total, '0:t', entries, '0:c')
   end
   if added < new then
     -- The same recipients at the same µs (two messages of one batch): a distinct member.
     local n = 1
-    while redis.call('ZADD', log, 'NX', now_text, member .. ':' .. n) == 0 do n = n + 1 end
+    while call('ZADD', log, 'NX', now_text, member .. ':' .. n) == 0 do n = n + 1 end
   end
   return 0
 end
 
-local function decide(log, grant, offender, mode, rcpts)
-  if mode ~= 'usage' and redis.call('EXISTS', grant) == 1 then
+local function decide(log, grant, offender, mode, rcpts_text)
+  local rcpts = tonumber(rcpts_text)
+  if mode ~= 'usage' and call('EXISTS', grant) == 1 then
     return 1
   end
   if mode == 'count' then
     if longest == 0 then return 0 end  -- no limits: nothing to count against
-    return count(log, offender, rcpts)
+    return count(log, offender, rcpts, rcpts_text)
   end
   local usage = {4}
   for i = 1, m do
     local limit = message_limits[i]
-    local used = redis.call('ZCOUNT', log, limit[3], '+inf')
+    local used = call('ZCOUNT', log, limit[3], '+inf')
     if mode == 'usage' then
       usage[#usage + 1] = used
     elseif used >= limit[1] then
@@ -229,6 +233,6 @@ end
 local replies = {}
 for d = 1, #KEYS / 3 do
   local at = first_decision_arg + 2 * (d - 1)
-  replies[d] = decide(KEYS[3 * d - 2], KEYS[3 * d - 1], KEYS[3 * d], ARGV[at], tonumber(ARGV[at + 1]))
+  replies[d] = decide(KEYS[3 * d - 2], KEYS[3 * d - 1], KEYS[3 * d], ARGV[at], ARGV[at + 1])
 end
 return replies
