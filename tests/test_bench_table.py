@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.openloop import tcp_address
+from benchmarks.redis_instructions import callgrind_total
 from benchmarks.run import FLOOR_CALLS, open_rates, source_tree
 from benchmarks.targets import FLOORS, OpenRound, OpenRounds, closed_rows, open_rows
 
@@ -137,3 +138,16 @@ def test_every_floor_of_the_table_is_started_with_its_own_call() -> None:
     """A floor column of the table has a server started for it, each a different call."""
     assert set(FLOOR_CALLS) == set(FLOORS)
     assert len(set(FLOOR_CALLS.values())) == len(FLOORS)
+
+
+def test_an_instruction_count_is_read_from_the_end_of_callgrinds_output(tmp_path: Path) -> None:
+    out = tmp_path / "callgrind.out"
+    out.write_text(
+        "# callgrind format\nversion: 1\nevents: Ir\nfn=main\n16 3\nsummary: 554579251\n"
+    )
+    assert callgrind_total(out) == 554_579_251
+    out.write_text("events: Ir\nfn=main\n16 3\ntotals: 1200\n")  # the same count, named anew
+    assert callgrind_total(out) == 1200
+    out.write_text("events: Ir\nfn=main\n")  # redis-server killed before callgrind wrote it
+    with pytest.raises(ValueError, match="no summary"):
+        callgrind_total(out)
