@@ -27,6 +27,7 @@ from pathlib import Path
 
 import redis
 
+from benchmarks.decision_python import positive_int
 from benchmarks.floorserver import EMPTY_SCRIPT, SHARED, data_decisions
 from benchmarks.run import HOST, free_port, wait_for_port
 from ratelimit.keys import KeyLayout
@@ -49,11 +50,11 @@ def decisions_cost(client: redis.Redis, sha: str, clients: int, warm: int = 0) -
     return float(stats["usec"]) / (BATCHES * BATCH)
 
 
-def decide(client: redis.Redis, sha: str, clients: int, seed: int) -> None:
-    """BATCHES script calls of BATCH DATA decisions each, for clients drawn with ``seed``."""
+def decide(client: redis.Redis, sha: str, clients: int, seed: int, batches: int = BATCHES) -> None:
+    """``batches`` script calls of BATCH DATA decisions each, for clients drawn with ``seed``."""
     rnd = random.Random(seed)
     pipe = client.pipeline(transaction=False)
-    for n in range(BATCHES):
+    for n in range(batches):
         drawn = (rnd.randrange(clients) for _ in range(BATCH))
         keys, args = data_decisions(KEYS, [f"10.0.{i // 256}.{i % 256}" for i in drawn])
         pipe.evalsha(sha, len(keys), *keys, *SHARED, *args)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--clients",
-        type=int,
+        type=positive_int,
         action="append",
         help="client addresses the decisions are spread over (default 10000, then 1000)",
     )

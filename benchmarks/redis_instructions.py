@@ -21,25 +21,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import random
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import redis
 
-from benchmarks.floorserver import EMPTY_SCRIPT, SHARED, data_decisions
-from benchmarks.run import HOST, free_port
-from ratelimit.keys import KeyLayout
+from benchmarks.decision_python import positive_int
+from benchmarks.floorserver import EMPTY_SCRIPT
+from benchmarks.lua_cost import BATCH, SHIPPED, decide
+from benchmarks.run import HOST, free_port, wait_for_port
 
-SHIPPED = Path(__file__).resolve().parent.parent / "ratelimit" / "lua" / "decide.lua"
 MEASURED = 3000
-BATCH = 10
-KEYS = KeyLayout("b:")
 STARTUP = 60.0  # seconds: redis-server under callgrind starts some fifty times slower
 
 
@@ -68,19 +64,11 @@ def run_once(source: str, clients: int, warm: int, measured: int, workdir: Path)
         stderr=subprocess.DEVNULL,
     )
     try:
-        client = connect(port, server)
+        wait_for_port(port, server, timeout=STARTUP)
+        client = redis.Redis(host=HOST, port=port)
         sha = client.script_load(source)
-        addresses = [f"10.1.{i // 256}.{i % 256}" for i in range(clients)]
-        drawn = random.Random(7)
-        pipe = client.pipeline(transaction=False)
-        for count in (clients * warm, measured):
-            for n in range(count // BATCH):
-                batch = [addresses[drawn.randrange(clients)] for _ in range(BATCH)]
-                keys, args = data_decisions(KEYS, batch)
-                pipe.evalsha(sha, len(keys), *keys, *SHARED, *args)
-                if n % 50 == 49:
-                    pipe.execute()
-            pipe.execute()
+        decide(client, sha, clients, seed=2, batches=clients * warm // BATCH)
+        decide(client, sha, clients, seed=1, batches=measured // BATCH)
         # The shutdown closes the connection before it answers.
         with contextlib.suppress(redis.ConnectionError):
             client.shutdown(nosave=True)
@@ -92,20 +80,6 @@ def run_once(source: str, clients: int, warm: int, measured: int, workdir: Path)
             server.wait()
 
 
-def connect(port: int, server: subprocess.Popen[bytes]) -> redis.Redis:
-    deadline = time.monotonic() + STARTUP
-    while True:
-        client = redis.Redis(host=HOST, port=port)
-        try:
-            client.ping()
-        except redis.ConnectionError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-        else:
-            return client
-
-
 def per_decision(source: str, clients: int, warm: int, workdir: Path) -> float:
     without = run_once(source, clients, warm, 0, workdir)
     with_measured = run_once(source, clients, warm, MEASURED, workdir)
@@ -115,10 +89,14 @@ def per_decision(source: str, clients: int, warm: int, workdir: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.redis_instructions")
     parser.add_argument("scripts", nargs="*", type=Path)
-    parser.add_argument("--clients", type=int, default=1000, help="client addresses (1000)")
+    parser.add_argument("--clients", type=positive_int, default=1000, help="addresses (1000)")
     parser.add_argument("--warm", type=int, default=3, help="decisions per client first (3)")
-    parser.add_argument("--repeat", type=int, default=1, help="measurements per script (1)")
+    parser.add_argument("--repeat", type=positive_int, default=1, help="runs per script (1)")
     args = parser.parse_args(argv)
+    if args.warm < 0:
+        parser.error(f"--warm {args.warm}: 0 or more")
+    for missing in [p for p in args.scripts if not p.is_file()]:
+        parser.error(f"{missing}: no such script")
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
         return 2
