@@ -156,7 +156,8 @@ local function refused_after_trim(log, offender, s, recipients, messages, code, 
 end
 
 -- DATA: check every limit, then record the message and the sums in one ZADD.
-local function count(log, offender, rcpts, rcpts_text)
+local function count(log, offender, rcpts_text)
+  local rcpts = tonumber(rcpts_text)
   local s, recipients, messages, expires = sums_of(log)
   for i = 1, m do
     local limit = message_limits[i]
@@ -203,13 +204,12 @@ local function count(log, offender, rcpts, rcpts_text)
 end
 
 local function decide(log, grant, offender, mode, rcpts_text)
-  local rcpts = tonumber(rcpts_text)
   if mode ~= 'usage' and call('EXISTS', grant) == 1 then
     return 1
   end
   if mode == 'count' then
     if longest == 0 then return 0 end  -- no limits: nothing to count against
-    return count(log, offender, rcpts, rcpts_text)
+    return count(log, offender, rcpts_text)
   end
   local usage = {4}
   for i = 1, m do
